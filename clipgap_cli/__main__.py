@@ -1,0 +1,3 @@
+from clipgap_cli.cli import main
+
+main()

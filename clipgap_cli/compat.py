@@ -1,0 +1,67 @@
+"""Fixes the MMDetection stack needs on current torch and setuptools, in one place.
+
+Applied once, on import of `clipgap_cli`, before any Runner or config is built. Each fix
+names its upstream issue; delete it when a released mmengine carries the fix.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os.path as osp
+
+import mmengine.config.config
+import mmengine.hub.hub
+import mmengine.utils
+import mmengine.utils.package_utils
+import torch
+from mmengine.runner.checkpoint import CheckpointLoader
+
+
+# torch >= 2.6 loads with weights_only=True unless told otherwise, and mmengine 0.10.7's
+# local loader does not say: every mmengine checkpoint (its message_hub pickles a
+# HistoryBuffer) then fails to load, so `resume` and `load_from` break with
+# "Weights only load failed ... Unsupported global: mmengine.logging.history_buffer.
+# HistoryBuffer". open-mmlab/mmengine#1655; fixed on mmengine main by #1670, unreleased.
+# Local checkpoints are the user's own files, trusted as mmengine always trusted them.
+# (mmengine logs the loader's name from its 11th character: "local_trusted".)
+@CheckpointLoader.register_scheme(prefixes="", force=True)
+def load_from_local_trusted(filename: str, map_location=None):
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f"{filename} can not be found.")
+    return torch.load(filename, map_location=map_location, weights_only=False)
+
+
+# setuptools 82 removed pkg_resources, which mmengine 0.10.7's is_installed and
+# get_installed_path import: every `_base_ = 'mmdet::...'` config then fails with
+# "No module named 'pkg_resources'". open-mmlab/mmengine#1676 replaced it with importlib on
+# main, unreleased. These are the importlib equivalents, bound wherever mmengine imported
+# the originals by name.
+def is_installed(package: str) -> bool:
+    try:
+        importlib.metadata.distribution(package)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec(package)
+        return spec is not None and spec.origin is not None
+
+
+def get_installed_path(package: str) -> str:
+    module = package
+    try:
+        top_level = importlib.metadata.distribution(package).read_text("top_level.txt")
+        if top_level and top_level.split()[0] != package:
+            module = top_level.split()[0]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise importlib.metadata.PackageNotFoundError(package)
+    return osp.dirname(spec.origin)
+
+
+for _module in (mmengine.utils.package_utils, mmengine.utils, mmengine.config.config, mmengine.hub.hub):
+    for _name, _fix in (("is_installed", is_installed), ("get_installed_path", get_installed_path)):
+        if hasattr(_module, _name):
+            setattr(_module, _name, _fix)

@@ -1,0 +1,139 @@
+"""The stack fixes of clipgap_cli.compat: mmengine resume on current torch, mmdet:: configs
+without pkg_resources."""
+
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
+from torch.utils.data import Dataset
+
+import clipgap_cli  # noqa: F401  (applies the fixes)
+
+
+class Line(BaseModel):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 1)
+
+    def forward(self, inputs, targets, mode="tensor"):
+        inputs, targets = torch.stack(inputs), torch.stack(targets)
+        if mode == "loss":
+            return {"loss": ((self.fc(inputs) - targets) ** 2).mean()}
+        return self.fc(inputs)
+
+
+class Points(Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        x = torch.tensor([float(i), 1.0])
+        return {"inputs": x, "targets": x[:1] * 0.5 - 1.0}
+
+
+class RecordState(Hook):
+    """Keeps what the Runner holds when training (re)starts and when it ends."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def before_train(self, runner):
+        self.seen["start"] = self._state(runner)
+
+    def after_train(self, runner):
+        self.seen["end"] = self._state(runner)
+
+    @staticmethod
+    def _state(runner):
+        optimizer = runner.optim_wrapper.optimizer
+        return {
+            "epoch": runner.epoch,
+            "iter": runner.iter,
+            "lr": optimizer.param_groups[0]["lr"],
+            "adam": {
+                k: [v.clone() if torch.is_tensor(v) else v for v in s.values()]
+                for k, s in optimizer.state_dict()["state"].items()
+            },
+        }
+
+
+def make_runner(work_dir, max_epochs, resume):
+    recorder = RecordState()
+    runner = Runner(
+        model=Line(),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=Points(),
+            sampler=dict(type="DefaultSampler", shuffle=False),
+            batch_size=2,
+            collate_fn=dict(type="pseudo_collate"),
+        ),
+        optim_wrapper=dict(optimizer=dict(type="Adam", lr=0.01)),
+        param_scheduler=dict(type="MultiStepLR", milestones=[1], gamma=0.5, by_epoch=True),
+        train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
+        default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=1)),
+        custom_hooks=[recorder],
+        resume=resume,
+        randomness=dict(seed=0),
+        experiment_name=f"exp-{max_epochs}-{resume}",
+    )
+    return runner, recorder
+
+
+def test_resume_restores_epoch_iteration_and_optimizer_state(tmp_path):
+    first, first_seen = make_runner(tmp_path, max_epochs=2, resume=False)
+    first.train()
+    checkpoint = tmp_path / "epoch_2.pth"
+    assert checkpoint.is_file()
+    # The failure the fix exists for: torch's default weights_only load refuses the file.
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        torch.load(checkpoint)
+
+    second, second_seen = make_runner(tmp_path, max_epochs=3, resume=True)
+    second.train()
+
+    end, start = first_seen.seen["end"], second_seen.seen["start"]
+    assert (start["epoch"], start["iter"]) == (2, 8) == (end["epoch"], end["iter"])
+    assert start["lr"] == pytest.approx(0.005) == end["lr"]
+    assert start["adam"].keys() == end["adam"].keys() and start["adam"]
+    for key in end["adam"]:
+        for resumed, saved in zip(start["adam"][key], end["adam"][key], strict=True):
+            torch.testing.assert_close(resumed, saved)
+    assert (second_seen.seen["end"]["epoch"], second_seen.seen["end"]["iter"]) == (3, 12)
+
+
+def test_load_from_loads_weights(tmp_path):
+    first, _ = make_runner(tmp_path / "a", max_epochs=1, resume=False)
+    first.train()
+    from mmengine.runner import load_checkpoint
+
+    model = Line()
+    load_checkpoint(model, str(tmp_path / "a" / "epoch_1.pth"))
+    torch.testing.assert_close(model.fc.weight, first.model.fc.weight)
+
+
+def test_mmdet_base_configs_load_without_pkg_resources(tmp_path):
+    config = tmp_path / "cfg.py"
+    config.write_text("_base_ = 'mmdet::_base_/default_runtime.py'\n")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["pkg_resources"] = None  # as with setuptools >= 82: the import fails
+        from mmengine.config import Config
+        try:
+            Config.fromfile({str(config)!r})
+            raise SystemExit("expected the unpatched mmengine to fail")
+        except ModuleNotFoundError as err:
+            assert "pkg_resources" in str(err), err
+        import clipgap_cli
+        cfg = Config.fromfile({str(config)!r})
+        print(cfg.default_scope, cfg.default_hooks.checkpoint.type)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["mmdet", "CheckpointHook"]
