@@ -2,30 +2,52 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from typer.core import TyperGroup
 
+from clipgap_cli.clip.model import default_pretrained
+from clipgap_cli.clip.prompts import CLASS_TEMPLATE, DEFAULT_PROMPTS_FILE, SOURCE_PROMPT, read_prompts
+from clipgap_cli.data.cli import data_app
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.rundir import Run
+from clipgap_cli.rundir import Run, describe_clip
+from clipgap_cli.stages.encode_prompts import encode_prompts, parse_class_names
+from clipgap_cli.stages.optimize_augs import optimize_augs
+from clipgap_cli.stages.train import Launch, parse_cfg_options, resolve_config, train
 from clipgap_cli.versions import stack_versions
 
 console = Console()
 
 
 class _Commands(TyperGroup):
-    """Turns a ClipgapError raised by any command into one line on stderr and exit code 1."""
+    """Turns a ClipgapError raised by any command into one line on stderr and exit code 1,
+    and an interruption (Ctrl-C, SIGTERM) into one line and exit code 130."""
 
     def invoke(self, ctx):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)
         try:
             return super().invoke(ctx)
         except ClipgapError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("error: interrupted; the run directory keeps the artifacts it had before", err=True)
+            raise typer.Exit(130) from None
+
+
+def _interrupt(signum, frame):
+    # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: atomic writes in progress are
+    # abandoned and their temporary files removed.
+    raise KeyboardInterrupt
 
 
 def _typer(help: str) -> typer.Typer:
@@ -46,6 +68,7 @@ app = _typer(
 )
 runs_app = _typer("Inspect run directories.")
 app.add_typer(runs_app, name="runs")
+app.add_typer(data_app, name="data")
 
 
 def _print_version(value: bool) -> None:
@@ -113,6 +136,330 @@ def runs_show(
     console.print(table)
     if invalid:
         raise ClipgapError(f"{invalid} of {len(artifacts)} artifacts in {run} failed verification")
+
+
+@app.command("encode-prompts")
+def encode_prompts_command(
+    run: Annotated[
+        Path,
+        typer.Option(
+            "--run", help="The run directory to write prompts/text_embeddings.pt into (made if missing)."
+        ),
+    ],
+    prompts_file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Target-domain prompts: UTF-8, one a line; blank lines and lines starting with # are "
+            "skipped.",
+            metavar="PROMPTS_FILE",
+            show_default=False,
+        ),
+    ] = None,
+    default_prompts: Annotated[
+        bool,
+        typer.Option(
+            "--default-prompts",
+            help="Use CLIP the Gap's 15 Diverse Weather prompts ('an image taken on a fog night', ...) "
+            "instead of a PROMPTS_FILE.",
+        ),
+    ] = False,
+    source_prompt: Annotated[
+        str, typer.Option("--source-prompt", help="The prompt that describes the source (training) domain.")
+    ] = SOURCE_PROMPT,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            "--classes",
+            help="Class names in label order, comma-separated. Default: the Diverse Weather classes "
+            "bus,bike,car,motor,person,rider,truck.",
+            show_default=False,
+        ),
+    ] = None,
+    classes_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--classes-from",
+            help="Take the class names from a COCO json's categories, in id order.",
+            show_default=False,
+        ),
+    ] = None,
+    class_template: Annotated[
+        str, typer.Option("--class-template", help="The class prompt; {} stands for the class name.")
+    ] = CLASS_TEMPLATE,
+    clip: Annotated[
+        str, typer.Option("--clip", help="The open_clip CLIP ResNet: RN50, RN101, RN-tiny, ...")
+    ] = "RN101",
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            "--pretrained",
+            help="CLIP weights: an open_clip tag (openai, yfcc15m, ...), a local checkpoint file, or none "
+            "for random weights. Default: openai where the model has it (RN50, RN101), else none.",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Re-encode even if the embeddings are current.")
+    ] = False,
+) -> None:
+    """Encode the source, target-domain and class prompts with CLIP's text encoder.
+
+    Writes prompts/text_embeddings.pt in the run directory: the L2-normalised text embeddings
+    every later stage uses, the exact strings, and the CLIP model's identity.
+    """
+    if default_prompts == (prompts_file is not None):
+        raise ClipgapError("give either a PROMPTS_FILE or --default-prompts (exactly one)")
+    result = encode_prompts(
+        run,
+        read_prompts(DEFAULT_PROMPTS_FILE if default_prompts else prompts_file),
+        source_prompt=source_prompt,
+        class_names=parse_class_names(classes, classes_from),
+        class_template=class_template,
+        clip=clip,
+        pretrained=default_pretrained(clip) if pretrained is None else pretrained,
+        force=force,
+    )
+    emb = result.embeddings
+    if not result.changed:
+        console.print(f"nothing changed: {result.path} is current (use --force to encode again)")
+        return
+    table = Table(title="encode-prompts", show_header=False)
+    table.add_row("CLIP model", describe_clip(emb.clip))
+    table.add_row("source prompt", emb.source_prompt)
+    table.add_row("target prompts", str(len(emb.target_prompts)))
+    table.add_row("classes", f"{len(emb.class_names)} ({', '.join(emb.class_names)})")
+    table.add_row("embedding dim", str(emb.source.shape[0]))
+    table.add_row("written", str(result.path))
+    console.print(table)
+
+
+def _device(device: str | None) -> str:
+    """`device`, checked; by default the first GPU if there is one, else the CPU."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ClipgapError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and (
+        not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()
+    ):
+        raise ClipgapError(f"--device {device} asks for a GPU this machine does not have; use --device cpu")
+    return device
+
+
+@app.command("optimize-augs")
+def optimize_augs_command(
+    run: Annotated[Path, typer.Option("--run", help="The run directory holding the text embeddings.")],
+    data: Annotated[
+        Path,
+        typer.Option("--data", help="The dataset: a directory with clipgap-data.json (or the file itself)."),
+    ],
+    iters: Annotated[int, typer.Option("--iters", help="Adam iterations.", min=1)] = 1000,
+    crops_per_iter: Annotated[
+        int, typer.Option("--crops-per-iter", help="Random crops per iteration, 15 from each image.", min=1)
+    ] = 60,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (positive).")] = 0.01,
+    crop_size: Annotated[
+        int,
+        typer.Option(
+            "--crop-size",
+            help="Square crop side in px at the detector's input scale (short side 600), at most the "
+            "image's short side; resized to CLIP's input size.",
+            min=1,
+        ),
+    ] = 400,
+    bn_mode: Annotated[
+        str,
+        typer.Option(
+            "--bn-mode",
+            help="train: CLIP's BatchNorms use the statistics of each batch of crops, as the reference; "
+            "eval: their stored statistics.",
+        ),
+    ] = "train",
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of the crops; the same seed gives the same A.")
+    ] = 0,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device", help="cpu, cuda or cuda:N. Default: cuda if available, else cpu.", show_default=False
+        ),
+    ] = None,
+    pretrained: Annotated[
+        Path | None,
+        typer.Option(
+            "--pretrained",
+            help="The local CLIP weights file, if the text embeddings were made from one.",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Optimise again even if A is current.")] = False,
+) -> None:
+    """Learn the semantic augmentations A_j: offsets to CLIP's layer3 features that move a
+    source image's embedding towards each target-domain prompt.
+
+    Writes augs/offsets.pt (A, shape (M, C, S, S), and its spatial means), augs/report.json
+    and augs/loss.png, and prints, per target prompt, how far the offsets move held-out crops.
+    """
+    columns = (
+        TextColumn("optimize-augs"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("optimize-augs", total=iters, loss=float("nan"))
+        result = optimize_augs(
+            run,
+            data,
+            iters=iters,
+            crops_per_iter=crops_per_iter,
+            lr=lr,
+            crop_size=crop_size,
+            bn_mode=bn_mode,
+            seed=seed,
+            device=_device(device),
+            pretrained=pretrained,
+            force=force,
+            on_step=lambda step, loss: progress.update(task, completed=step + 1, loss=loss),
+        )
+    if not result.changed:
+        console.print(f"nothing changed: the offsets in {run} are current (use --force to optimise again)")
+        return
+    table = Table(title=f"semantic augmentations: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
+    table.add_column("target prompt")
+    table.add_column("cos(z_j, q_j) at A=0", justify="right")
+    table.add_column("cos(z_j, q_j)", justify="right")
+    table.add_column("cos(z_j - z0, Δ_j)", justify="right")
+    for a in result.alignment:
+        table.add_row(
+            a.prompt,
+            f"{a.cos_to_target_before:.3f}",
+            f"{a.cos_to_target_after:.3f}",
+            f"{a.cos_to_direction_after:.3f}",
+        )
+    console.print(table)
+    console.print(
+        f"written: {run}/augs/offsets.pt, report.json, loss.png (held-out crops, bn mode {bn_mode})"
+    )
+
+
+@app.command("train")
+def train_command(
+    run: Annotated[Path, typer.Option("--run", help="The run directory (text embeddings, offsets).")],
+    data: Annotated[
+        Path,
+        typer.Option("--data", help="The dataset: a directory with clipgap-data.json (or the file itself)."),
+    ],
+    config: Annotated[
+        str,
+        typer.Option(
+            "--config",
+            help="An MMDetection config file, or a path inside clipgap's mmconfigs/ "
+            "(e.g. clipgap/faster-rcnn_clip-rn101_c4_dwd_no-aug.py, tiny/faster-rcnn_clip-tiny_c4_synth.py).",
+        ),
+    ] = "clipgap/faster-rcnn_clip-rn101_c4_dwd.py",
+    gpus: Annotated[
+        int,
+        typer.Option(
+            "--gpus",
+            help="Processes per machine, one per GPU; with --device cpu, that many CPU processes (gloo).",
+            min=1,
+        ),
+    ] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines in the job.", min=1)] = 1,
+    node_rank: Annotated[
+        int, typer.Option("--node-rank", help="This machine's rank, 0..nnodes-1.", min=0)
+    ] = 0,
+    master_addr: Annotated[
+        str, typer.Option("--master-addr", help="Address of the rank-0 machine.")
+    ] = "127.0.0.1",
+    master_port: Annotated[
+        int, typer.Option("--master-port", help="A free port on the rank-0 machine.")
+    ] = 29500,
+    launcher: Annotated[
+        str,
+        typer.Option(
+            "--launcher",
+            help="none: this command starts the processes (torchrun for several); slurm: run it as each "
+            "task of an srun job, which starts the processes.",
+        ),
+    ] = "none",
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device", help="cuda or cpu. Default: cuda if available, else cpu.", show_default=False
+        ),
+    ] = None,
+    amp: Annotated[
+        bool, typer.Option("--amp", help="Mixed precision (AmpOptimWrapper, dynamic loss scale).")
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from the last checkpoint: iteration, lr, optimiser state."),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Start over in a run that already has checkpoints.")
+    ] = False,
+    max_iters: Annotated[
+        int | None,
+        typer.Option("--max-iters", help="Train this many iterations instead of the config's.", min=1),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of mmengine's randomness.")] = 0,
+    pretrained: Annotated[
+        Path | None,
+        typer.Option(
+            "--pretrained",
+            help="The local CLIP weights file, if the text embeddings were made from one.",
+            show_default=False,
+        ),
+    ] = None,
+    cfg_options: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cfg-options",
+            help="Override config entries, key=value as in MMDetection (repeatable), e.g. "
+            "--cfg-options train_dataloader.batch_size=8.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Train the CLIP the Gap detector with mmengine's Runner.
+
+    The config is completed from the run (CLIP model, class text embeddings, semantic
+    augmentations) and the dataset (classes, paths); mmengine's work directory is the run's
+    train/ folder, and its checkpoints, the best by source-test mAP (VOC07 AP50) among them,
+    are recorded in the manifest.
+    """
+    if launcher not in ("none", "slurm"):
+        raise ClipgapError(f"--launcher must be none or slurm, not {launcher!r}")
+    device = _device(device)
+    launch = Launch(
+        gpus=gpus,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+        launcher=launcher,
+        device="cpu" if device == "cpu" else "cuda",
+    )
+    checkpoints = train(
+        run,
+        resolve_config(config),
+        data,
+        launch=launch,
+        resume=resume,
+        force=force,
+        max_iters=max_iters,
+        seed=seed,
+        amp=amp,
+        pretrained=pretrained,
+        cfg_options=parse_cfg_options(cfg_options or []),
+    )
+    if checkpoints:
+        console.print(f"checkpoints recorded in {run}/manifest.json: {', '.join(checkpoints)}")
 
 
 def main() -> None:

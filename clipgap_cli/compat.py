@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os.path as osp
+from multiprocessing.pool import ThreadPool
 
+import mmdet.evaluation.functional.mean_ap
 import mmengine.config.config
 import mmengine.hub.hub
 import mmengine.utils
@@ -65,3 +67,11 @@ for _module in (mmengine.utils.package_utils, mmengine.utils, mmengine.config.co
     for _name, _fix in (("is_installed", is_installed), ("get_installed_path", get_installed_path)):
         if hasattr(_module, _name):
             setattr(_module, _name, _fix)
+
+
+# mmdet 3.3's eval_map, which VOCMetric calls with a hard-coded nproc=4, forks a
+# multiprocessing Pool for every evaluation of more than one image. Forking a process that
+# already runs torch's (and gloo's) threads can leave the children deadlocked, and
+# evaluation hangs (open-mmlab/mmrotate#45; the advice there, nproc=1, is not reachable
+# through VOCMetric). A thread pool computes the same per-image TP/FP lists without forking.
+mmdet.evaluation.functional.mean_ap.Pool = ThreadPool

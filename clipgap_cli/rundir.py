@@ -33,12 +33,14 @@ MANIFEST_FORMAT = 1
 TEXT_EMBEDDINGS = "prompts/text_embeddings.pt"
 OFFSETS = "augs/offsets.pt"
 AUGS_REPORT = "augs/report.json"
+AUGS_LOSS_PLOT = "augs/loss.png"
 WORK_DIR = "train"
 EVAL_DIR = "eval"
 PRODUCERS = {
     TEXT_EMBEDDINGS: "encode-prompts",
     OFFSETS: "optimize-augs",
     AUGS_REPORT: "optimize-augs",
+    AUGS_LOSS_PLOT: "optimize-augs",
 }
 
 ClipIdentity = Mapping[str, Any]
@@ -92,6 +94,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    # mkstemp makes the file private (0600); give it the mode a plain open() would.
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -106,6 +110,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class Run:
@@ -249,16 +259,45 @@ class Run:
         """
         verified_inputs = {name: self.verified(name) for name in inputs}
         shared_clip = _shared_clip(verified_inputs, clip)
+        atomic_write(self.path(rel), write)
+        return self._record(rel, stage, options, verified_inputs, shared_clip)
+
+    def record(
+        self,
+        rel: str,
+        *,
+        stage: str,
+        options: Mapping[str, Any],
+        inputs: Iterable[str] = (),
+        clip: ClipIdentity | None = None,
+    ) -> Artifact:
+        """Record a file that is already in place, written whole by another writer (mmengine's
+        checkpoints, which it writes before pointing `last_checkpoint` at them); as `write`."""
+        verified_inputs = {name: self.verified(name) for name in inputs}
+        shared_clip = _shared_clip(verified_inputs, clip)
+        if not self.path(rel).is_file():
+            raise ClipgapError(f"cannot record {self.path(rel)}: there is no such file")
+        return self._record(rel, stage, options, verified_inputs, shared_clip)
+
+    def forget(self, rels: Iterable[str]) -> None:
+        """Drop the manifest entries of `rels` (artifacts a stage has deleted or replaced)."""
+        rels = set(rels)
+        with self._locked():
+            artifacts = self.artifacts()
+            self._save({rel: a for rel, a in artifacts.items() if rel not in rels})
+
+    def _record(
+        self, rel: str, stage: str, options: Mapping[str, Any], inputs: Mapping[str, Artifact], clip
+    ) -> Artifact:
         target = self.path(rel)
-        atomic_write(target, write)
         artifact = Artifact(
             path=rel,
             sha256=sha256_of(target),
             size=target.stat().st_size,
             stage=stage,
             options=_jsonable(options),
-            inputs={name: a.sha256 for name, a in verified_inputs.items()},
-            clip=shared_clip,
+            inputs={name: a.sha256 for name, a in inputs.items()},
+            clip=clip,
             versions=stack_versions(),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
         )

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from clipgap_cli.cli import app
@@ -15,16 +16,6 @@ runner = CliRunner()
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_version_names_the_stack():

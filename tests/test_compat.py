@@ -137,3 +137,22 @@ def test_mmdet_base_configs_load_without_pkg_resources(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["mmdet", "CheckpointHook"]
+
+
+def test_voc_evaluation_does_not_fork():
+    from multiprocessing.pool import ThreadPool
+
+    import numpy as np
+    from mmdet.evaluation.functional import eval_map, mean_ap
+
+    assert mean_ap.Pool is ThreadPool
+    rng = np.random.default_rng(0)
+    boxes = lambda n: np.sort(rng.uniform(0, 100, (n, 4)), axis=1)[:, [0, 2, 1, 3]]  # noqa: E731
+    annotations = [{"bboxes": boxes(3), "labels": np.array([0, 1, 0])} for _ in range(3)]
+    detections = [
+        [np.hstack([a["bboxes"][a["labels"] == c], np.ones(((a["labels"] == c).sum(), 1))]) for c in range(2)]
+        for a in annotations
+    ]
+    mean, results = eval_map(detections, annotations, nproc=4, logger="silent", eval_mode="11points")
+    assert mean == pytest.approx(1.0)
+    assert [r["num_gts"] for r in results] == [6, 3]

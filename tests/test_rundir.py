@@ -175,3 +175,25 @@ def test_corrupt_manifest_is_one_clear_error(tmp_path, content):
     (tmp_path / MANIFEST).write_text(content)
     with pytest.raises(ClipgapError, match=r"manifest\.json is corrupt .*start a new run directory"):
         Run.open(tmp_path)
+
+
+def test_artifacts_get_the_mode_a_plain_write_would(tmp_path):
+    run = Run.create(tmp_path)
+    run.write(TEXT_EMBEDDINGS, write_bytes(b"t"), stage="encode-prompts", options={})
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"t")
+    assert run.path(TEXT_EMBEDDINGS).stat().st_mode == plain.stat().st_mode
+
+
+def test_record_and_forget_files_written_by_another_writer(tmp_path):
+    run = Run.create(tmp_path)
+    run.write(TEXT_EMBEDDINGS, write_bytes(b"t"), stage="encode-prompts", options={}, clip=RN101)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "iter_4.pth").write_bytes(b"weights")
+    recorded = run.record("train/iter_4.pth", stage="train", options={"seed": 0}, inputs=[TEXT_EMBEDDINGS])
+    assert recorded.sha256 == sha256_of(tmp_path / "train" / "iter_4.pth") and recorded.clip == RN101
+    assert run.verified_path("train/iter_4.pth")
+    with pytest.raises(ClipgapError, match="there is no such file"):
+        run.record("train/iter_8.pth", stage="train", options={})
+    run.forget(["train/iter_4.pth"])
+    assert run.artifact("train/iter_4.pth") is None and run.artifact(TEXT_EMBEDDINGS)

@@ -1,0 +1,1 @@
+"""Dataset preparation: VOC-XML conversion, the synthetic benchmark and the dataset spec."""

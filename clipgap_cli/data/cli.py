@@ -1,0 +1,143 @@
+"""`clipgap data`: convert VOC-XML trees to COCO json, render the synthetic benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from clipgap_cli.data.convert import CLASS_SETS, ConvertReport, convert_voc
+from clipgap_cli.data.synth import CLASSES, SIZES, render_preview, synthesize
+from clipgap_cli.rundir import atomic_write
+
+console = Console()
+data_app = typer.Typer(
+    help="Prepare datasets: convert VOC-XML trees to COCO json, or render the synthetic benchmark.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@contextlib.contextmanager
+def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr, and the `progress(done, total)` callback that drives it."""
+    columns = (TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(task, completed=done, total=total)
+
+
+@data_app.command("convert")
+def convert(
+    root: Annotated[
+        Path,
+        typer.Argument(
+            help="The VOC-XML tree to convert, only read: a Diverse Weather root (<domain>/VOC2007/...), "
+            "a directory holding VOCdevkit/ or VOC2007/ and VOC2012/, or a Clipart1k, Watercolor2k or "
+            "Comic2k directory (or a directory of them).",
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Where to write annotations/<domain>_<split>.json and clipgap-data.json."
+        ),
+    ],
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help=f"A class set ({', '.join(CLASS_SETS)}) or comma-separated class names, in label order. "
+            "Default: dwd for Diverse Weather, voc-art when Watercolor2k or Comic2k is present, else voc.",
+        ),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(help="The source domain. Default: daytime_clear or voc if present, else the only one."),
+    ] = None,
+) -> None:
+    """Convert VOC-XML annotations to COCO json per domain and split, and write the dataset spec.
+
+    Nothing is written into ROOT: the spec points at ROOT's JPEGImages directories by
+    absolute path. Objects and images that cannot be used (unknown class, degenerate or
+    out-of-image box, missing image) are left out and counted; `difficult` objects are
+    kept as ignored instances.
+    """
+    with _progress("converting") as progress:
+        report = convert_voc(root, out, classes=classes, source=source, progress=progress)
+    _print_conversion(report)
+
+
+@data_app.command("synth")
+def synth(
+    out: Annotated[Path, typer.Argument(help="The directory to write the dataset into.")],
+    seed: Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives identical files.")] = 0,
+    images_per_domain: Annotated[
+        int,
+        typer.Option(min=2, help="Images per domain; the first 75% are the train list, the rest test."),
+    ] = 200,
+    size: Annotated[
+        int, typer.Option(min=SIZES[0], max=SIZES[1], help="Side of the square images, in pixels.")
+    ] = 256,
+    preview: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write a PNG (256 colours) of four scenes, each rendered in all five domains."
+        ),
+    ] = None,
+) -> None:
+    """Render the synthetic road-scene benchmark: 7 classes, 5 weather and lighting domains.
+
+    Writes a Diverse Weather VOC tree (OUT/voc), its COCO json (OUT/annotations) and the
+    dataset spec (OUT/clipgap-data.json).
+    """
+    start = time.perf_counter()
+    with _progress("rendering") as progress:
+        report = synthesize(out, seed=seed, images_per_domain=images_per_domain, size=size, progress=progress)
+    elapsed = time.perf_counter() - start
+    table = Table(title=f"objects per class ({images_per_domain} images per domain, {size} px)")
+    for column in ("domain", *CLASSES):
+        table.add_column(column, justify="left" if column == "domain" else "right")
+    for domain, counts in report.counts.items():
+        table.add_row(domain, *map(str, counts))
+    console.print(table)
+    images = images_per_domain * len(report.counts)
+    console.print(f"rendered {images} images in {elapsed:.1f} s ({images / elapsed:.0f} images/s)")
+    if preview:
+        grid = render_preview(seed=seed, size=size)
+        atomic_write(preview, lambda tmp: grid.save(tmp, format="PNG", optimize=True))
+        console.print(f"preview: {preview}", soft_wrap=True)
+    console.print(f"dataset spec: {report.convert.spec.path}", soft_wrap=True)
+
+
+def _print_conversion(report: ConvertReport) -> None:
+    spec = report.spec
+    table = Table(title=f"COCO json written ({report.class_set} classes: {', '.join(spec.classes)})")
+    table.add_column("domain", no_wrap=True)
+    for column in ("role", "split"):
+        table.add_column(column)
+    for column in ("images", "objects", "ignored", "empty images"):
+        table.add_column(column, justify="right")
+    table.add_column("used for")
+    for s in report.splits:
+        domain = spec.domain(s.domain)
+        uses = {"train": domain.train_split, "eval": domain.eval_split}
+        used_for = ", ".join(use for use, split in uses.items() if split == s.split)
+        counts = (s.images, s.objects, s.ignored, s.empty_images)
+        table.add_row(s.domain, domain.role, s.split, *map(str, counts), used_for)
+    console.print(table)
+    if report.issues:
+        issues = Table(title="left out or changed")
+        for column in ("what", "reason", "count", "first example"):
+            issues.add_column(column, justify="right" if column == "count" else "left", overflow="fold")
+        for issue in report.issues.values():
+            issues.add_row(issue.unit, issue.reason, str(issue.count), issue.example)
+        console.print(issues)
+    console.print(f"dataset spec: {spec.path}", soft_wrap=True)

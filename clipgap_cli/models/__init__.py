@@ -1,0 +1,13 @@
+"""clipgap's registered MMDetection components: `custom_imports=dict(imports=['clipgap_cli.models'])`."""
+
+from clipgap_cli.models.bbox_head import CLIPBBoxHead
+from clipgap_cli.models.clip_resnet import CLIPResLayer4Head, CLIPResNetBackbone, ClipRoIFeatures
+from clipgap_cli.models.semantic_augmentation import SemanticAugmentation
+
+__all__ = [
+    "CLIPBBoxHead",
+    "CLIPResLayer4Head",
+    "CLIPResNetBackbone",
+    "ClipRoIFeatures",
+    "SemanticAugmentation",
+]

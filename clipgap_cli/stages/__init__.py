@@ -1,0 +1,1 @@
+"""The pipeline stages, one module each: the logic behind the `clipgap` commands."""

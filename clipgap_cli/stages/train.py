@@ -1,0 +1,291 @@
+"""Stage `train`: the CLIP the Gap detector, trained by mmengine's Runner on one CPU, one or
+many GPUs, or many machines.
+
+The stage composes an MMDetection config with the run's artifacts (CLIP model, class text
+embeddings, semantic augmentations) and the dataset's paths, keeps mmengine's work directory
+inside the run directory (`train/`), and records the checkpoints in the manifest. One
+process trains in this process; several are started by torchrun, each running this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config, DictAction
+
+from clipgap_cli.clip.model import load_run_clip
+from clipgap_cli.clip.split import visual_dims
+from clipgap_cli.data.spec import load_spec
+from clipgap_cli.errors import ClipgapError
+from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, WORK_DIR, Run, atomic_write
+from clipgap_cli.stages.encode_prompts import load_text_embeddings
+
+STAGE = "train"
+CONFIGS = Path(__file__).resolve().parents[2] / "mmconfigs"  # clipgap's configs, beside the package
+CONFIG_NAME = "clipgap_config.py"  # the composed config, in the work directory
+AUGMENTATION = "SemanticAugmentation"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How many processes, where, and how they find each other."""
+
+    gpus: int = 1  # processes per node: one per GPU, or CPU processes with device "cpu"
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    launcher: str = "none"  # "none" (this command starts the processes) or "slurm" (srun does)
+    device: str = "cuda"  # "cuda" or "cpu"
+
+    @property
+    def processes(self) -> int:
+        return self.gpus * self.nnodes
+
+
+def resolve_config(config: str | Path) -> Path:
+    """A config file: the path itself if it exists, else that path inside clipgap's mmconfigs/."""
+    path = Path(config)
+    if path.is_file():
+        return path
+    if (CONFIGS / path).is_file():
+        return CONFIGS / path
+    raise ClipgapError(f"config {config} does not exist, neither as a file nor inside {CONFIGS}")
+
+
+def parse_cfg_options(options: list[str]) -> dict[str, Any]:
+    """`key=value` pairs, values parsed as MMDetection's `--cfg-options` parses them."""
+    parsed = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ClipgapError(f"--cfg-options takes key=value pairs, got {option!r}")
+        parsed[key] = DictAction._parse_iterable(value)
+    return parsed
+
+
+def compose_config(
+    run: Run,
+    config: Path,
+    data: Path,
+    *,
+    pretrained: Path | None = None,
+    max_iters: int | None = None,
+    seed: int = 0,
+    amp: bool = False,
+    resume: bool = False,
+    cfg_options: dict[str, Any] | None = None,
+    launch: Launch = Launch(),
+) -> tuple[Config, dict[str, Any]]:
+    """The config to train with, and the run artifacts it uses; every check before any write.
+
+    Fills in what the run and the dataset decide: the CLIP model of the text embeddings and
+    its sizes, the class embeddings, the semantic augmentations (if the config has the
+    augmentation neck), the dataset's classes and paths, the work directory, seed, AMP,
+    launcher. Refuses a mismatch in one sentence.
+    """
+    try:
+        cfg = Config.fromfile(str(config))
+    except Exception as err:  # a config is Python: any error in it is the user's to fix
+        raise ClipgapError(f"cannot load config {config}: {type(err).__name__}: {err}") from None
+    text = load_text_embeddings(run)
+    inputs = [TEXT_EMBEDDINGS]
+    uses_augmentation = cfg.model.get("neck", {}) and cfg.model.neck.get("type") == AUGMENTATION
+    if uses_augmentation:
+        run.verified(OFFSETS)
+        inputs.append(OFFSETS)
+    spec = load_spec(data)
+    if list(spec.classes) != list(text.class_names):
+        raise ClipgapError(
+            f"the dataset's classes ({', '.join(spec.classes)}) differ from the run's class text "
+            f"embeddings ({', '.join(text.class_names)}); re-run `clipgap encode-prompts --classes-from` "
+            "with the dataset's annotations, or use another run directory"
+        )
+    model, identity = load_run_clip(text.clip, pretrained)
+    run.check_clip(inputs, identity)
+    dims = visual_dims(model.visual)
+    clip_cfg = dict(
+        name=identity["model"], pretrained=str(pretrained) if pretrained else identity["pretrained"]
+    )
+
+    m = cfg.model
+    m.backbone.clip = clip_cfg
+    m.roi_head.shared_head.clip = clip_cfg
+    m.roi_head.bbox_roi_extractor.roi_layer.output_size = dims.roi_size
+    m.roi_head.bbox_roi_extractor.out_channels = dims.layer3_channels
+    m.rpn_head.in_channels = dims.layer3_channels
+    head = m.roi_head.bbox_head
+    head.in_channels, head.embed_dim, head.num_classes = (
+        dims.layer4_channels,
+        dims.embed_dim,
+        len(text.class_names),
+    )
+    head.class_embeddings = str(run.path(TEXT_EMBEDDINGS).resolve())
+    if uses_augmentation:
+        m.neck.offsets = str(run.path(OFFSETS).resolve())
+
+    metainfo = dict(classes=tuple(spec.classes))
+    source = spec.source.name
+    _set_dataset(cfg.train_dataloader.dataset, spec.train_split, metainfo)
+    for loader in ("val_dataloader", "test_dataloader"):
+        if cfg.get(loader):
+            _set_dataset(cfg[loader].dataset, spec.eval_split(source), metainfo)
+
+    cfg.work_dir = str(run.path(WORK_DIR).resolve())
+    cfg.randomness = dict(seed=seed, deterministic=False)
+    if max_iters is not None:
+        cfg.train_cfg.max_iters = max_iters
+    if amp:
+        if launch.device == "cpu":
+            raise ClipgapError("--amp needs a GPU; drop it to train on the CPU")
+        cfg.optim_wrapper.type = "AmpOptimWrapper"
+        cfg.optim_wrapper.loss_scale = "dynamic"
+    cfg.resume = resume
+    cfg.launcher = "none" if launch.processes == 1 and launch.launcher == "none" else launch.launcher
+    if cfg.launcher == "none" and launch.processes > 1:
+        cfg.launcher = "pytorch"
+    if launch.device == "cpu":
+        # DDP on CPU: gloo, and no device ids (mmengine would pass the local rank as a GPU).
+        cfg.env_cfg.dist_cfg = dict(backend="gloo")
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    options = {
+        "config": str(config.resolve()),
+        "data": str(Path(data).resolve()),
+        "max_iters": cfg.train_cfg.get("max_iters"),
+        "seed": seed,
+        "amp": amp,
+        "cfg_options": cfg_options or {},
+        "processes": launch.processes,
+    }
+    return cfg, {"inputs": inputs, "clip": identity, "options": options}
+
+
+def _set_dataset(dataset: Config, split, metainfo: dict) -> None:
+    dataset.data_root = ""
+    dataset.ann_file = str(split.ann_file)
+    dataset.data_prefix = dict(img=f"{split.image_dir}/")
+    dataset.metainfo = metainfo
+
+
+def train(
+    run_path: Path,
+    config: Path,
+    data: Path,
+    *,
+    launch: Launch = Launch(),
+    resume: bool = False,
+    force: bool = False,
+    **compose,
+) -> list[str]:
+    """Train, then record the work directory's checkpoints in the manifest; returns their paths.
+
+    One process trains here; several run under torchrun (on this node: `launch.gpus`
+    processes; with `nnodes` > 1, this node's share of the job). With `launch.launcher ==
+    "slurm"` this process is one task of an `srun` job and trains here. A run that already
+    has checkpoints continues with `resume` or starts over with `force`, never by accident.
+    """
+    run = Run.open(run_path)
+    _check_devices(launch)
+    cfg, record = compose_config(run, config, data, launch=launch, resume=resume, **compose)
+    work_dir = run.path(WORK_DIR)
+    has_checkpoint = (work_dir / "last_checkpoint").is_file()
+    if resume and not has_checkpoint:
+        raise ClipgapError(f"nothing to resume in {work_dir}: no checkpoint was saved there yet")
+    if has_checkpoint and not (resume or force):
+        raise ClipgapError(
+            f"{work_dir} already holds a training run; pass --resume to continue it or --force to start over"
+        )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config_path = work_dir / CONFIG_NAME
+    atomic_write(config_path, lambda tmp: tmp.write_text(cfg.pretty_text))
+    if cfg.launcher == "pytorch":
+        _torchrun(config_path, launch)
+    else:
+        run_runner(config_path, cpu=launch.device == "cpu")
+    if launch.node_rank != 0 or _rank() != 0:
+        return []
+    return record_checkpoints(run, **record)
+
+
+def record_checkpoints(run: Run, inputs: list[str], clip: dict, options: dict) -> list[str]:
+    """Record every checkpoint in the work directory; forget those mmengine has since deleted."""
+    recorded = [
+        rel for rel, a in run.artifacts().items() if rel.startswith(f"{WORK_DIR}/") and a.stage == STAGE
+    ]
+    present = sorted(p.relative_to(run.root).as_posix() for p in run.path(WORK_DIR).glob("*.pth"))
+    run.forget(set(recorded) - set(present))
+    for rel in present:
+        run.record(rel, stage=STAGE, options=options, inputs=inputs, clip=clip)
+    return present
+
+
+def _check_devices(launch: Launch) -> None:
+    if launch.gpus < 1 or launch.nnodes < 1 or not 0 <= launch.node_rank < launch.nnodes:
+        raise ClipgapError("--gpus and --nnodes must be at least 1, and --node-rank in 0..nnodes-1")
+    if launch.device == "cuda" and launch.launcher == "none":
+        visible = torch.cuda.device_count()
+        if launch.gpus > visible:
+            raise ClipgapError(
+                f"--gpus {launch.gpus} asks for more GPUs than this machine shows ({visible}); "
+                "lower --gpus, or add --device cpu to train on the CPU"
+            )
+
+
+def _torchrun(config_path: Path, launch: Launch) -> None:
+    command = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={launch.nnodes}", f"--node_rank={launch.node_rank}",
+        f"--nproc_per_node={launch.gpus}",
+        f"--master_addr={launch.master_addr}", f"--master_port={launch.master_port}",
+        "-m", __name__, str(config_path),
+    ]  # fmt: skip
+    if launch.device == "cpu":
+        command.append("--cpu")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    if launch.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    result = subprocess.run(command, env=env)
+    if result.returncode != 0:
+        raise ClipgapError(
+            f"training failed in one of its {launch.processes} processes (exit status {result.returncode}); "
+            f"see the log above and {config_path.parent}"
+        )
+
+
+def run_runner(config_path: Path, cpu: bool = False) -> None:
+    """Build mmengine's Runner from the composed config and train: in this process, or in
+    each process torchrun starts."""
+    import mmdet.utils
+    from mmengine.runner import Runner
+
+    if cpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    cfg = Config.fromfile(str(config_path))
+    mmdet.utils.register_all_modules(init_default_scope=False)
+    if cfg.launcher == "pytorch" and cpu and not torch.distributed.is_initialized():
+        # mmengine's init_dist picks a CUDA device per rank; on the CPU, join the group here.
+        torch.distributed.init_process_group(backend="gloo")
+    Runner.from_cfg(cfg).train()
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+if __name__ == "__main__":  # one torchrun process
+    parser = argparse.ArgumentParser(description="Train from a composed clipgap config (torchrun entry).")
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--cpu", action="store_true")
+    args = parser.parse_args()
+    import clipgap_cli  # noqa: F401  (the stack fixes)
+
+    run_runner(args.config, cpu=args.cpu)

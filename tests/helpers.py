@@ -1,0 +1,12 @@
+"""Assertions shared by the CLI tests."""
+
+
+def assert_one_line_error(result, *fragments):
+    """A `CliRunner` result that failed as a user mistake should: exit 1, one `error:` line, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0]
