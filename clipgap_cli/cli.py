@@ -435,7 +435,8 @@ def train_command(
     """
     if launcher not in ("none", "slurm"):
         raise ClipgapError(f"--launcher must be none or slurm, not {launcher!r}")
-    device = _device(device)
+    # Without --device, one process may fall back to the CPU; several mean one GPU each.
+    device = _device(device) if device is not None or gpus == 1 else "cuda"
     launch = Launch(
         gpus=gpus,
         nnodes=nnodes,

@@ -27,8 +27,11 @@ def v_a(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def v_b(visual: nn.Module, f: torch.Tensor) -> torch.Tensor:
-    """V_b: layer3 map (N, C3, S, S) with S = image_size/16 -> CLIP image embedding (N, D), unnormalised."""
-    return visual.attnpool(visual.layer4(f))
+    """V_b: layer3 map (N, C3, S, S) with S = image_size/16 -> CLIP image embedding (N, D), unnormalised.
+
+    Attention pooling in its token-0 form (`attnpool_token0`): open_clip's result, less work.
+    """
+    return attnpool_token0(visual.attnpool, visual.layer4(f))
 
 
 def attnpool_token0(attnpool: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -120,7 +120,7 @@ def compose_config(
     m.roi_head.shared_head.clip = clip_cfg
     m.roi_head.bbox_roi_extractor.roi_layer.output_size = dims.roi_size
     m.roi_head.bbox_roi_extractor.out_channels = dims.layer3_channels
-    m.rpn_head.in_channels = dims.layer3_channels
+    m.rpn_head.in_channels = m.rpn_head.feat_channels = dims.layer3_channels
     head = m.roi_head.bbox_head
     head.in_channels, head.embed_dim, head.num_classes = (
         dims.layer4_channels,
@@ -139,7 +139,8 @@ def compose_config(
             _set_dataset(cfg[loader].dataset, spec.eval_split(source), metainfo)
 
     cfg.work_dir = str(run.path(WORK_DIR).resolve())
-    cfg.randomness = dict(seed=seed, deterministic=False)
+    # Each process draws its own augmentation coin and domains, as separate batches would.
+    cfg.randomness = dict(seed=seed, deterministic=False, diff_rank_seed=launch.processes > 1)
     if max_iters is not None:
         cfg.train_cfg.max_iters = max_iters
     if amp:

@@ -1,0 +1,185 @@
+"""clipgap train: the tiny detector on the synthetic benchmark, on CPU, in one and two
+processes, interrupted and resumed, and refused on bad input."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import assert_one_line_error
+from typer.testing import CliRunner
+
+from clipgap_cli.cli import app
+from clipgap_cli.rundir import OFFSETS, WORK_DIR, Run
+from clipgap_cli.stages.encode_prompts import encode_prompts
+from clipgap_cli.stages.optimize_augs import optimize_augs
+from clipgap_cli.stages.train import CONFIGS, compose_config
+
+TINY = "tiny/faster-rcnn_clip-tiny_c4_synth.py"
+NO_AUG = CONFIGS / "clipgap" / "faster-rcnn_clip-rn101_c4_dwd_no-aug.py"
+
+
+@pytest.fixture
+def prepared_run(tiny_run, synth_data):
+    """A run with text embeddings and offsets of the tiny CLIP."""
+    optimize_augs(tiny_run, synth_data, iters=2, crops_per_iter=4)
+    return tiny_run
+
+
+def train_args(run, data, *extra):
+    return ["train", "--run", str(run), "--data", str(data), "--config", TINY, "--device", "cpu", *extra]
+
+
+def clipgap(*args, **kwargs):
+    """`clipgap ARGS` in a fresh process, as a user runs it."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "clipgap_cli", *map(str, args)], env=env, **kwargs)
+
+
+def logged_losses(work_dir):
+    (scalars,) = work_dir.glob("*/vis_data/scalars.json")
+    records = [json.loads(line) for line in scalars.read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def test_train_learns_and_records_checkpoints(prepared_run, synth_data):
+    result = CliRunner().invoke(app, train_args(prepared_run, synth_data, "--max-iters", "40"))
+    assert result.exit_code == 0, result.output
+    run = Run.open(prepared_run)
+    final = run.verified(f"{WORK_DIR}/iter_40.pth")
+    assert final.stage == "train"
+    assert set(final.inputs) == {"prompts/text_embeddings.pt", OFFSETS}
+    assert final.clip == run.artifact(OFFSETS).clip
+    assert any(rel.startswith(f"{WORK_DIR}/best_pascal_voc_mAP") for rel in run.artifacts()), run.artifacts()
+
+    losses = logged_losses(run.path(WORK_DIR))
+    assert len(losses) >= 4
+    assert sum(losses[-2:]) / 2 < 0.85 * sum(losses[:2]) / 2, losses
+
+    checkpoint = torch.load(run.path(f"{WORK_DIR}/iter_40.pth"), map_location="cpu", weights_only=False)
+    assert checkpoint["meta"]["iter"] == 40
+    offsets = torch.load(run.path(OFFSETS), weights_only=True)["offset_means"]
+    augmentation = [k for k in checkpoint["state_dict"] if k.startswith("neck.")]
+    assert augmentation and torch.equal(checkpoint["state_dict"][augmentation[0]], offsets)
+
+
+def test_existing_training_needs_resume_or_force(prepared_run, synth_data):
+    runner = CliRunner()
+    assert runner.invoke(app, train_args(prepared_run, synth_data, "--max-iters", "2")).exit_code == 0
+    result = runner.invoke(app, train_args(prepared_run, synth_data, "--max-iters", "2"))
+    assert_one_line_error(result, "already holds a training run", "--resume", "--force")
+    assert (
+        runner.invoke(app, train_args(prepared_run, synth_data, "--max-iters", "2", "--force")).exit_code == 0
+    )
+
+
+def test_two_cpu_processes_train_with_gloo(prepared_run, synth_data):
+    proc = clipgap(
+        *train_args(prepared_run, synth_data, "--gpus", "2", "--max-iters", "4", "--master-port", "29631"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, output[-4000:]
+    run = Run.open(prepared_run)
+    assert run.verified(f"{WORK_DIR}/iter_4.pth")
+    (log,) = run.path(WORK_DIR).glob("*/*.log")
+    text = log.read_text()
+    assert "Distributed training: True" in text and "GPU number: 2" in text, text[:3000]
+
+
+def test_killed_training_resumes_at_the_right_iteration(prepared_run, synth_data):
+    work_dir = Run.open(prepared_run).path(WORK_DIR)
+    args = train_args(
+        prepared_run,
+        synth_data,
+        "--max-iters",
+        "30",
+        "--cfg-options",
+        "default_hooks.checkpoint.interval=5",
+        "--cfg-options",
+        "train_cfg.val_interval=100",
+    )
+    proc = clipgap(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while saved_iteration(work_dir) < 10:
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    last = (work_dir / "last_checkpoint").read_text().strip()
+    resumed_from = torch.load(last, map_location="cpu", weights_only=False)["meta"]["iter"]
+    assert 10 <= resumed_from < 30
+    assert not (work_dir / "iter_30.pth").exists()
+
+    result = CliRunner().invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    run = Run.open(prepared_run)
+    final = torch.load(run.verified_path(f"{WORK_DIR}/iter_30.pth"), map_location="cpu", weights_only=False)
+    assert final["meta"]["iter"] == 30
+    logs = sorted(work_dir.glob("*/*.log"))
+    assert f"resumed epoch: 0, iter: {resumed_from}" in logs[-1].read_text()
+    losses_after_resume = logged_losses_in(logs[-1].parent)
+    assert losses_after_resume, "the resumed run logged no training iterations"
+
+
+def saved_iteration(work_dir):
+    """The iteration of the checkpoint mmengine last finished saving (0 if none)."""
+    last = work_dir / "last_checkpoint"
+    match = re.search(r"iter_(\d+)\.pth", last.read_text()) if last.is_file() else None
+    return int(match.group(1)) if match else 0
+
+
+def logged_losses_in(log_dir):
+    scalars = log_dir / "vis_data" / "scalars.json"
+    return [json.loads(line)["loss"] for line in scalars.read_text().splitlines() if '"loss"' in line]
+
+
+def test_more_gpus_than_visible_is_refused(prepared_run, synth_data):
+    args = ["train", "--run", str(prepared_run), "--data", str(synth_data), "--config", TINY, "--gpus", "2"]
+    result = CliRunner().invoke(app, args)
+    assert_one_line_error(result, "--gpus 2 asks for more GPUs than this machine shows")
+    assert not Run.open(prepared_run).path(WORK_DIR).exists()
+
+
+def test_run_without_text_embeddings_is_refused(tmp_path, synth_data):
+    Run.create(tmp_path / "run")
+    result = CliRunner().invoke(app, train_args(tmp_path / "run", synth_data))
+    assert_one_line_error(result, "run `clipgap encode-prompts` first")
+    assert not (tmp_path / "run" / WORK_DIR).exists()
+
+
+def test_run_without_offsets_is_refused_unless_the_config_needs_none(tiny_run, synth_data):
+    result = CliRunner().invoke(app, train_args(tiny_run, synth_data))
+    assert_one_line_error(result, "augs/offsets.pt", "clipgap optimize-augs")
+    assert not Run.open(tiny_run).path(WORK_DIR).exists()
+    cfg, used = compose_config(Run.open(tiny_run), NO_AUG, synth_data)
+    assert used["inputs"] == ["prompts/text_embeddings.pt"] and not cfg.model.get("neck")
+
+
+def test_dataset_with_other_classes_is_refused(tmp_path, synth_data):
+    run = tmp_path / "run"
+    encode_prompts(
+        run, ["an image taken at night"], class_names=["car", "bus"], clip="RN-tiny", pretrained=None
+    )
+    result = CliRunner().invoke(app, train_args(run, synth_data, "--config", str(NO_AUG)))
+    assert_one_line_error(result, "the dataset's classes", "differ from the run's class text embeddings")
+    assert not (run / WORK_DIR).exists()
+
+
+def test_composed_config_takes_sizes_and_paths_from_the_run(prepared_run, synth_data):
+    cfg, _ = compose_config(Run.open(prepared_run), NO_AUG, synth_data, max_iters=7, seed=3)
+    assert cfg.model.backbone.clip == dict(name="RN-tiny", pretrained=None)
+    assert cfg.model.roi_head.bbox_roi_extractor.roi_layer.output_size == 8
+    assert (cfg.model.roi_head.bbox_head.in_channels, cfg.model.roi_head.bbox_head.embed_dim) == (512, 64)
+    assert cfg.train_cfg.max_iters == 7 and cfg.randomness.seed == 3
+    assert cfg.train_dataloader.dataset.ann_file.endswith("daytime_clear_train.json")
+    assert cfg.val_dataloader.dataset.ann_file.endswith("daytime_clear_test.json")
+    assert cfg.work_dir == str(Run.open(prepared_run).path(WORK_DIR).resolve())
