@@ -18,7 +18,9 @@ from clipgap_cli.clip.model import default_pretrained
 from clipgap_cli.clip.prompts import CLASS_TEMPLATE, DEFAULT_PROMPTS_FILE, SOURCE_PROMPT, read_prompts
 from clipgap_cli.data.cli import data_app
 from clipgap_cli.errors import ClipgapError
+from clipgap_cli.evaluation.report import compare_table, domain_table
 from clipgap_cli.rundir import Run, describe_clip
+from clipgap_cli.stages.evaluate import ALL, evaluate, stored_evaluation
 from clipgap_cli.stages.encode_prompts import encode_prompts, parse_class_names
 from clipgap_cli.stages.optimize_augs import optimize_augs
 from clipgap_cli.stages.train import Launch, parse_cfg_options, resolve_config, train
@@ -461,6 +463,72 @@ def train_command(
     )
     if checkpoints:
         console.print(f"checkpoints recorded in {run}/manifest.json: {', '.join(checkpoints)}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    run: Annotated[Path, typer.Option("--run", help="The trained run directory.")],
+    data: Annotated[
+        Path,
+        typer.Option("--data", help="The dataset: a directory with clipgap-data.json (or the file itself)."),
+    ],
+    domain: Annotated[
+        str, typer.Option("--domain", help="A domain of the dataset's spec, or all.")
+    ] = ALL,
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            "--checkpoint",
+            help="best (the best on the source's evaluation split), last, or a checkpoint file.",
+        ),
+    ] = "best",
+    metric: Annotated[
+        str,
+        typer.Option(
+            "--metric",
+            help="What the table shows: voc07 (VOC2007 11-point AP50, the papers' mAP), voc (area AP50) "
+            "or coco (AP@[.5:.95]). The json holds all three.",
+        ),
+    ] = "voc07",
+    compare: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--compare",
+            help="Other run directories to show beside this one, from their stored evaluations "
+            "(repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device", help="cpu, cuda or cuda:N. Default: cuda if available, else cpu.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Score the trained detector on each domain's evaluation split (source: test, targets:
+    train, as published): AP50 per class and its mean, and COCO AP.
+
+    Writes eval/<checkpoint>.json and eval/<checkpoint>.png in the run directory.
+    """
+    columns = (TextColumn("evaluate {task.fields[domain]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("evaluate", total=None, domain="")
+        result = evaluate(
+            run,
+            data,
+            domain,
+            checkpoint=checkpoint,
+            metric=metric,
+            device=_device(device),
+            on_progress=lambda name, done, total: progress.update(task, completed=done, total=total, domain=name),
+        )
+    console.print(domain_table(result.report, metric, f"{run} ({result.report['checkpoint']})"))
+    console.print(f"written: {run}/{result.json_rel}, {run}/{result.chart_rel}")
+    if compare:
+        reports = {str(run): result.report}
+        reports.update({str(other): stored_evaluation(other, checkpoint) for other in compare})
+        console.print(compare_table(reports, metric))
 
 
 def main() -> None:

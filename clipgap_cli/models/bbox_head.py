@@ -11,9 +11,8 @@ from mmdet.models.roi_heads.bbox_heads import BBoxHead
 from mmdet.registry import MODELS
 from torch import nn
 
-from clipgap_cli.errors import ClipgapError
 from clipgap_cli.models.clip_resnet import ClipRoIFeatures
-from clipgap_cli.stages import encode_prompts
+from clipgap_cli.stages.encode_prompts import read_text_embeddings
 
 CLASSIFIERS = ("text", "linear")
 
@@ -157,13 +156,4 @@ def _class_embeddings(source: torch.Tensor | Sequence[Sequence[float]] | str | P
     """The (K, D) class embeddings of a text-embeddings artifact file, or given as a tensor or lists."""
     if not isinstance(source, str | Path):
         return torch.as_tensor(source, dtype=torch.float32)
-    path = Path(source)
-    if not path.is_file():
-        raise ClipgapError(f"no text embeddings at {path}; make them with `clipgap encode-prompts`")
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != encode_prompts.FORMAT or "classes" not in data:
-        raise ClipgapError(
-            f"{path} is not a text-embeddings file of format {encode_prompts.FORMAT}; "
-            f"re-run `clipgap {encode_prompts.STAGE} --force`"
-        )
-    return data["classes"]
+    return read_text_embeddings(Path(source)).classes

@@ -9,8 +9,7 @@ import torch
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
-from clipgap_cli.errors import ClipgapError
-from clipgap_cli.stages import optimize_augs
+from clipgap_cli.stages.optimize_augs import read_offsets
 
 
 @MODELS.register_module()
@@ -47,7 +46,11 @@ class SemanticAugmentation(BaseModule):
             raise ValueError("SemanticAugmentation takes the offsets file or the offset_means, exactly one")
         if not 0 <= prob <= 1:
             raise ValueError(f"SemanticAugmentation's prob must be in [0, 1], got {prob}")
-        means = _read_offset_means(Path(offsets)) if offsets is not None else torch.as_tensor(offset_means)
+        means = (
+            read_offsets(Path(offsets))["offset_means"]
+            if offsets is not None
+            else torch.as_tensor(offset_means)
+        )
         if means.dim() != 2 or len(means) == 0:
             raise ValueError(f"offset_means must be (M, C) with M >= 1, got shape {tuple(means.shape)}")
         self.register_buffer("offset_means", means.float())  # (M, C)
@@ -65,16 +68,3 @@ class SemanticAugmentation(BaseModule):
         j = torch.randint(len(self.offset_means), (len(features),))  # (N,)
         shift = self.offset_means[j.to(features.device)].to(features.dtype)  # (N, C)
         return (features + shift[:, :, None, None],)
-
-
-def _read_offset_means(path: Path) -> torch.Tensor:
-    """`offset_means` (M, C) of an A artifact file."""
-    if not path.is_file():
-        raise ClipgapError(f"no semantic augmentations at {path}; make them with `clipgap optimize-augs`")
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != optimize_augs.FORMAT or "offset_means" not in data:
-        raise ClipgapError(
-            f"{path} is not an offsets file of format {optimize_augs.FORMAT}; "
-            f"re-run `clipgap {optimize_augs.STAGE} --force`"
-        )
-    return data["offset_means"]

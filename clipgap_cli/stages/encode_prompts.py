@@ -137,7 +137,13 @@ def encode_prompts(
 def load_text_embeddings(run: Run | Path | str) -> TextEmbeddings:
     """The verified text embeddings of a run (refused if missing, modified, or of another format)."""
     run = run if isinstance(run, Run) else Run.open(run)
-    path = run.verified_path(TEXT_EMBEDDINGS)
+    return read_text_embeddings(run.verified_path(TEXT_EMBEDDINGS))
+
+
+def read_text_embeddings(path: Path) -> TextEmbeddings:
+    """A text-embeddings file as `encode-prompts` writes it, by path (for configs that name it)."""
+    if not path.is_file():
+        raise ClipgapError(f"no text embeddings at {path}; make them with `clipgap {STAGE}`")
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
         raise ClipgapError(

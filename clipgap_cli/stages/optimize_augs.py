@@ -350,7 +350,13 @@ def _plot_losses(losses: list[float], path: Path) -> None:
 
 def load_offsets(run: Run) -> dict:
     """The verified A artifact: `offsets` (M, C, S, S), `offset_means` (M, C), the prompts."""
-    path = run.verified_path(OFFSETS)
+    return read_offsets(run.verified_path(OFFSETS))
+
+
+def read_offsets(path: Path) -> dict:
+    """An A file as this stage writes it, by path (for configs that name it)."""
+    if not path.is_file():
+        raise ClipgapError(f"no semantic augmentations at {path}; make them with `clipgap {STAGE}`")
     data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ClipgapError(

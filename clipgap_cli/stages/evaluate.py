@@ -1,0 +1,217 @@
+"""Stage `evaluate`: the trained detector on each domain's evaluation split, scored with VOC AP50
+per class (the papers' mAP) and COCO AP; a json and a chart in the run directory."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config
+
+from clipgap_cli.data.spec import load_spec
+from clipgap_cli.errors import ClipgapError
+from clipgap_cli.evaluation.metrics import (
+    VOC_MODES,
+    Detections,
+    coco_ap,
+    ground_truth,
+    load_coco,
+    voc_ap50,
+)
+from clipgap_cli.evaluation.report import write_chart
+from clipgap_cli.rundir import EVAL_DIR, WORK_DIR, Run, sha256_of
+from clipgap_cli.stages.encode_prompts import load_text_embeddings
+from clipgap_cli.stages.train import CONFIG_NAME, STAGE as TRAIN_STAGE, _set_dataset
+
+STAGE = "evaluate"
+METRICS = (*VOC_MODES, "coco")
+ALL = "all"
+
+Progress = Callable[[str, int, int], None]
+"""Called as `(domain, images done, images in the split)` during inference."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The weights to evaluate: their path, their manifest entry (None outside the run) and the
+    stem that names the evaluation's json and chart."""
+
+    path: Path
+    rel: str | None
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate` wrote: the json's content and the paths of the json and the chart."""
+
+    report: dict[str, Any]
+    json_rel: str
+    chart_rel: str
+
+
+def find_checkpoint(run: Run, which: str) -> Checkpoint:
+    """`best` (the best on the source's evaluation split), `last` (the highest iteration) or a
+    path: a run's checkpoint is verified against the manifest, a file outside it taken as is."""
+    recorded = sorted(
+        rel for rel, a in run.artifacts().items() if a.stage == TRAIN_STAGE and rel.endswith(".pth")
+    )
+    if which in ("best", "last"):
+        if not recorded:
+            raise ClipgapError(f"run directory {run.root} has no trained checkpoint; run `clipgap train` first")
+        if which == "best":
+            best = [rel for rel in recorded if Path(rel).name.startswith("best_")]
+            if not best:
+                raise ClipgapError(
+                    f"run directory {run.root} has no best checkpoint (validation never ran during "
+                    "training); pass --checkpoint last"
+                )
+            rel = max(best, key=_iteration)
+        else:
+            rel = max((r for r in recorded if Path(r).name.startswith("iter_")), key=_iteration)
+        return Checkpoint(run.verified_path(rel), rel)
+    path = Path(which)
+    if not path.is_file():
+        raise ClipgapError(f"--checkpoint {which}: no such file; use best, last or a checkpoint file")
+    resolved = path.resolve()
+    if resolved.is_relative_to(run.root.resolve()):
+        rel = resolved.relative_to(run.root.resolve()).as_posix()
+        if rel in recorded:
+            return Checkpoint(run.verified_path(rel), rel)
+    return Checkpoint(path, None)
+
+
+def _iteration(rel: str) -> int:
+    match = re.search(r"iter_(\d+)\.pth$", rel)
+    return int(match.group(1)) if match else -1
+
+
+def evaluate(
+    run_path: Path,
+    data: Path,
+    domain: str = ALL,
+    *,
+    checkpoint: str = "best",
+    metric: str = "voc07",
+    device: str = "cpu",
+    on_progress: Progress | None = None,
+) -> Evaluation:
+    """Score the detector on `domain` (or every domain) and record `eval/<checkpoint>.json`
+    and `eval/<checkpoint>.png`. A json of the same checkpoint keeps its other domains."""
+    if metric not in METRICS:
+        raise ClipgapError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
+    run = Run.open(run_path)
+    spec = load_spec(data)
+    domains = [d.name for d in spec.domains] if domain == ALL else [spec.domain(domain).name]
+    text = load_text_embeddings(run)
+    if list(spec.classes) != list(text.class_names):
+        raise ClipgapError(
+            f"the dataset's classes ({', '.join(spec.classes)}) differ from the run's class text "
+            f"embeddings ({', '.join(text.class_names)}); evaluate on the dataset the run was trained for"
+        )
+    weights = find_checkpoint(run, checkpoint)
+    config_path = run.path(f"{WORK_DIR}/{CONFIG_NAME}")
+    if not config_path.is_file():
+        raise ClipgapError(f"{config_path} is missing; re-run `clipgap train` for this run directory")
+
+    model, cfg = _build_detector(config_path, weights.path, device)
+    results = {}
+    for name in domains:
+        split = spec.eval_split(name)
+        detections = _infer(model, cfg, split, spec.classes, lambda done, total: on_progress(name, done, total)
+                            if on_progress else None)  # fmt: skip
+        coco = load_coco(split.ann_file)
+        truth = ground_truth(coco, spec.classes)
+        voc = {mode: voc_ap50(detections, truth, spec.classes, mode) for mode in VOC_MODES}
+        coco_scores = coco_ap(detections, coco, spec.classes)
+        results[name] = {
+            "role": spec.domain(name).role,
+            "split": split.name,
+            "images": len(truth),
+            **{m: {"per_class": s.per_class, "mAP": s.mean} for m, s in voc.items()},
+            "coco": {"per_class": coco_scores.per_class, "AP": coco_scores.mean},
+        }
+
+    json_rel, chart_rel = f"{EVAL_DIR}/{weights.stem}.json", f"{EVAL_DIR}/{weights.stem}.png"
+    checkpoint_sha = sha256_of(weights.path)
+    previous = _previous(run, json_rel, checkpoint_sha)
+    report = {
+        "checkpoint": weights.rel or str(weights.path.resolve()),
+        "checkpoint_sha256": checkpoint_sha,
+        "data": str(spec.path),
+        "classes": list(spec.classes),
+        "domains": {**previous, **results},
+    }
+    report["domains"] = {d.name: report["domains"][d.name] for d in spec.domains if d.name in report["domains"]}
+    inputs = [weights.rel] if weights.rel else []
+    options = {"checkpoint": report["checkpoint"], "data": str(spec.path), "domains": list(report["domains"])}
+    text_out = json.dumps(report, indent=2) + "\n"
+    run.write(json_rel, lambda tmp: tmp.write_text(text_out, encoding="utf-8"),
+              stage=STAGE, options=options, inputs=inputs)  # fmt: skip
+    run.write(chart_rel, lambda tmp: write_chart(tmp, report, metric),
+              stage=STAGE, options={**options, "metric": metric}, inputs=inputs)  # fmt: skip
+    return Evaluation(report, json_rel, chart_rel)
+
+
+def stored_evaluation(run_path: Path, checkpoint: str = "best") -> dict[str, Any]:
+    """The verified eval json of a run's checkpoint, as `evaluate` wrote it."""
+    run = Run.open(run_path)
+    rel = f"{EVAL_DIR}/{find_checkpoint(run, checkpoint).stem}.json"
+    if run.artifact(rel) is None:
+        raise ClipgapError(f"{run.root} has no {rel}; run `clipgap evaluate --run {run.root}` first")
+    return json.loads(run.verified_path(rel).read_text(encoding="utf-8"))
+
+
+def _previous(run: Run, json_rel: str, checkpoint_sha: str) -> dict[str, Any]:
+    """The domains of an earlier evaluation of the same checkpoint, if its json is intact."""
+    artifact = run.artifact(json_rel)
+    if artifact is None or run.status(artifact) != "ok":
+        return {}
+    earlier = json.loads(run.path(json_rel).read_text(encoding="utf-8"))
+    return earlier["domains"] if earlier.get("checkpoint_sha256") == checkpoint_sha else {}
+
+
+def _build_detector(config_path: Path, checkpoint: Path, device: str):
+    """The detector of the run's composed config with the checkpoint's weights, in eval mode."""
+    import clipgap_cli  # noqa: F401  (the stack fixes, before mmengine loads anything)
+    from mmdet.apis import init_detector
+
+    cfg = Config.fromfile(str(config_path))
+    try:
+        model = init_detector(cfg, str(checkpoint), device=device)
+    except (RuntimeError, KeyError) as err:
+        raise ClipgapError(f"cannot load checkpoint {checkpoint} into the run's detector: {err}") from None
+    return model, cfg
+
+
+def _infer(
+    model, cfg: Config, split, classes: Sequence[str], on_progress: Callable[[int, int], None] | None
+) -> dict[int, Detections]:
+    """The detector's predictions on every image of `split`, in original image pixels."""
+    from mmengine.runner import Runner
+
+    loader_cfg = copy.deepcopy(cfg.test_dataloader)
+    _set_dataset(loader_cfg.dataset, split, dict(classes=tuple(classes)))
+    loader = Runner.build_dataloader(loader_cfg)
+    total, done = len(loader.dataset), 0
+    detections = {}
+    with torch.no_grad():
+        for batch in loader:
+            for sample in model.test_step(batch):
+                pred = sample.pred_instances
+                detections[sample.metainfo["img_id"]] = Detections(
+                    pred.bboxes.cpu().numpy(), pred.scores.cpu().numpy(), pred.labels.cpu().numpy()
+                )
+            done += len(batch["inputs"])
+            if on_progress:
+                on_progress(done, total)
+    return detections
