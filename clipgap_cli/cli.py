@@ -418,6 +418,14 @@ def train_command(
             show_default=False,
         ),
     ] = None,
+    vis: Annotated[
+        str,
+        typer.Option(
+            "--vis",
+            help="Where training scalars go besides the JSON log in train/: none, or tensorboard "
+            "(needs the tensorboard package).",
+        ),
+    ] = "none",
     cfg_options: Annotated[
         list[str] | None,
         typer.Option(
@@ -437,6 +445,8 @@ def train_command(
     """
     if launcher not in ("none", "slurm"):
         raise ClipgapError(f"--launcher must be none or slurm, not {launcher!r}")
+    if vis not in ("none", "tensorboard"):
+        raise ClipgapError(f"--vis must be none or tensorboard, not {vis!r}")
     # Without --device, one process may fall back to the CPU; several mean one GPU each.
     device = _device(device) if device is not None or gpus == 1 else "cuda"
     launch = Launch(
@@ -458,6 +468,7 @@ def train_command(
         max_iters=max_iters,
         seed=seed,
         amp=amp,
+        tensorboard=vis == "tensorboard",
         pretrained=pretrained,
         cfg_options=parse_cfg_options(cfg_options or []),
     )
@@ -472,9 +483,7 @@ def evaluate_command(
         Path,
         typer.Option("--data", help="The dataset: a directory with clipgap-data.json (or the file itself)."),
     ],
-    domain: Annotated[
-        str, typer.Option("--domain", help="A domain of the dataset's spec, or all.")
-    ] = ALL,
+    domain: Annotated[str, typer.Option("--domain", help="A domain of the dataset's spec, or all.")] = ALL,
     checkpoint: Annotated[
         str,
         typer.Option(
@@ -494,8 +503,7 @@ def evaluate_command(
         list[Path] | None,
         typer.Option(
             "--compare",
-            help="Other run directories to show beside this one, from their stored evaluations "
-            "(repeatable).",
+            help="Other run directories to show beside this one, from their stored evaluations (repeatable).",
             show_default=False,
         ),
     ] = None,
@@ -511,7 +519,12 @@ def evaluate_command(
 
     Writes eval/<checkpoint>.json and eval/<checkpoint>.png in the run directory.
     """
-    columns = (TextColumn("evaluate {task.fields[domain]}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("evaluate {task.fields[domain]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("evaluate", total=None, domain="")
         result = evaluate(
@@ -521,7 +534,9 @@ def evaluate_command(
             checkpoint=checkpoint,
             metric=metric,
             device=_device(device),
-            on_progress=lambda name, done, total: progress.update(task, completed=done, total=total, domain=name),
+            on_progress=lambda name, done, total: progress.update(
+                task, completed=done, total=total, domain=name
+            ),
         )
     console.print(domain_table(result.report, metric, f"{run} ({result.report['checkpoint']})"))
     console.print(f"written: {run}/{result.json_rel}, {run}/{result.chart_rel}")

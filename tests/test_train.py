@@ -15,6 +15,7 @@ from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from clipgap_cli.cli import app
+from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import OFFSETS, WORK_DIR, Run
 from clipgap_cli.stages.encode_prompts import encode_prompts
 from clipgap_cli.stages.optimize_augs import optimize_augs
@@ -183,3 +184,22 @@ def test_composed_config_takes_sizes_and_paths_from_the_run(prepared_run, synth_
     assert cfg.train_dataloader.dataset.ann_file.endswith("daytime_clear_train.json")
     assert cfg.val_dataloader.dataset.ann_file.endswith("daytime_clear_test.json")
     assert cfg.work_dir == str(Run.open(prepared_run).path(WORK_DIR).resolve())
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_tensorboard_logging_when_asked(prepared_run, synth_data, monkeypatch, installed):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (object() if installed else None) if name == "tensorboard" else find_spec(name, *a),
+    )
+    run = Run.open(prepared_run)
+    if not installed:
+        with pytest.raises(ClipgapError, match="needs the tensorboard package"):
+            compose_config(run, CONFIGS / TINY, synth_data, tensorboard=True)
+        return
+    cfg, _ = compose_config(run, CONFIGS / TINY, synth_data, tensorboard=True)
+    assert [b["type"] for b in cfg.visualizer.vis_backends] == ["LocalVisBackend", "TensorboardVisBackend"]

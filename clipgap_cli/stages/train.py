@@ -10,6 +10,7 @@ process trains in this process; several are started by torchrun, each running th
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -81,6 +82,7 @@ def compose_config(
     seed: int = 0,
     amp: bool = False,
     resume: bool = False,
+    tensorboard: bool = False,
     cfg_options: dict[str, Any] | None = None,
     launch: Launch = Launch(),
 ) -> tuple[Config, dict[str, Any]]:
@@ -149,6 +151,10 @@ def compose_config(
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.loss_scale = "dynamic"
     cfg.resume = resume
+    if tensorboard:
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ClipgapError("--vis tensorboard needs the tensorboard package: pip install tensorboard")
+        cfg.visualizer.vis_backends = [*cfg.visualizer.vis_backends, dict(type="TensorboardVisBackend")]
     cfg.launcher = "none" if launch.processes == 1 and launch.launcher == "none" else launch.launcher
     if cfg.launcher == "none" and launch.processes > 1:
         cfg.launcher = "pytorch"
