@@ -14,6 +14,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,9 @@ def run_runner(config_path: Path, cpu: bool = False) -> None:
     if cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     cfg = Config.fromfile(str(config_path))
+    # mmengine keeps one visualizer per name for the whole process: a second training in the
+    # same process would log its scalars into the first one's directory.
+    cfg.visualizer.name = f"visualizer_{os.getpid()}_{time.monotonic_ns()}"
     mmdet.utils.register_all_modules(init_default_scope=False)
     if cfg.launcher == "pytorch" and cpu and not torch.distributed.is_initialized():
         # mmengine's init_dist picks a CUDA device per rank; on the CPU, join the group here.
