@@ -14,6 +14,7 @@ arches). Environment variables:
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -97,3 +98,42 @@ def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+# The demo's sizes: small enough that the whole session, environment included, takes under
+# 10 minutes on two CPU cores (docs/reproducing.md records a measured run).
+DEMO_DIR = Path("runs/demo")
+DEMO_IMAGES_PER_DOMAIN = 40
+DEMO_TRAIN_ITERS = 200
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The quick start: a synthetic benchmark, prompts from the tiny CLIP, augmentations, CPU
+    trainings with and without them, and the evaluation of every domain, in a fresh runs/demo."""
+    install_stack(session, "test")
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)  # a fresh run every time: stages refuse to overwrite
+    data, run = DEMO_DIR / "data", DEMO_DIR / "run"
+    env = {"HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}  # the CPU, as measured
+
+    def clipgap(*args: object) -> None:
+        session.run("clipgap", *map(str, args), env=env)
+
+    clipgap("data", "synth", data, "--images-per-domain", DEMO_IMAGES_PER_DOMAIN, "--size", 128)
+    baseline = DEMO_DIR / "run-no-aug"  # the same detector without semantic augmentations
+    tiny = "tiny/faster-rcnn_clip-tiny_c4_synth"
+    for run_dir in (run, baseline):
+        # The bare class name: the random tiny CLIP maps "a photo of a bus" and "... a car" to
+        # almost the same embedding (cosine > 0.96), which no text classifier can separate.
+        clipgap("encode-prompts", "--default-prompts", "--clip", "RN-tiny", "--class-template={}",
+                "--run", run_dir)  # fmt: skip
+    clipgap("optimize-augs", "--run", run, "--data", data, "--iters", 20, "--crops-per-iter", 8)
+    for run_dir, config in ((run, f"{tiny}.py"), (baseline, f"{tiny}_no-aug.py")):
+        clipgap(
+            "train", "--run", run_dir, "--data", data, "--config", config,
+            "--device", "cpu", "--max-iters", DEMO_TRAIN_ITERS,
+        )  # fmt: skip
+    evaluate = ("evaluate", "--data", data, "--domain", "all", "--device", "cpu")
+    clipgap(*evaluate, "--run", baseline)
+    clipgap(*evaluate, "--run", run, "--compare", baseline)
+    session.log(f"run directories: {run.resolve()}, without augmentation {baseline.resolve()}")

@@ -20,13 +20,32 @@ from clipgap_cli.data.cli import data_app
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.evaluation.report import compare_table, domain_table
 from clipgap_cli.rundir import Run, describe_clip
-from clipgap_cli.stages.evaluate import ALL, evaluate, stored_evaluation
 from clipgap_cli.stages.encode_prompts import encode_prompts, parse_class_names
+from clipgap_cli.stages.evaluate import ALL, evaluate, stored_evaluation
 from clipgap_cli.stages.optimize_augs import optimize_augs
 from clipgap_cli.stages.train import Launch, parse_cfg_options, resolve_config, train
 from clipgap_cli.versions import stack_versions
 
 console = Console()
+
+# Options that several commands share.
+DataOption = Annotated[
+    Path, typer.Option("--data", help="The dataset: a directory with clipgap-data.json (or the file itself).")
+]
+PretrainedFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--pretrained",
+        help="The local CLIP weights file, if the text embeddings were made from one.",
+        show_default=False,
+    ),
+]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device", help="cpu, cuda or cuda:N. Default: cuda if available, else cpu.", show_default=False
+    ),
+]
 
 
 class _Commands(TyperGroup):
@@ -253,10 +272,7 @@ def _device(device: str | None) -> str:
 @app.command("optimize-augs")
 def optimize_augs_command(
     run: Annotated[Path, typer.Option("--run", help="The run directory holding the text embeddings.")],
-    data: Annotated[
-        Path,
-        typer.Option("--data", help="The dataset: a directory with clipgap-data.json (or the file itself)."),
-    ],
+    data: DataOption,
     iters: Annotated[int, typer.Option("--iters", help="Adam iterations.", min=1)] = 1000,
     crops_per_iter: Annotated[
         int, typer.Option("--crops-per-iter", help="Random crops per iteration, 15 from each image.", min=1)
@@ -282,20 +298,8 @@ def optimize_augs_command(
     seed: Annotated[
         int, typer.Option("--seed", help="Seed of the crops; the same seed gives the same A.")
     ] = 0,
-    device: Annotated[
-        str | None,
-        typer.Option(
-            "--device", help="cpu, cuda or cuda:N. Default: cuda if available, else cpu.", show_default=False
-        ),
-    ] = None,
-    pretrained: Annotated[
-        Path | None,
-        typer.Option(
-            "--pretrained",
-            help="The local CLIP weights file, if the text embeddings were made from one.",
-            show_default=False,
-        ),
-    ] = None,
+    device: DeviceOption = None,
+    pretrained: PretrainedFileOption = None,
     force: Annotated[bool, typer.Option("--force", help="Optimise again even if A is current.")] = False,
 ) -> None:
     """Learn the semantic augmentations A_j: offsets to CLIP's layer3 features that move a
@@ -351,10 +355,7 @@ def optimize_augs_command(
 @app.command("train")
 def train_command(
     run: Annotated[Path, typer.Option("--run", help="The run directory (text embeddings, offsets).")],
-    data: Annotated[
-        Path,
-        typer.Option("--data", help="The dataset: a directory with clipgap-data.json (or the file itself)."),
-    ],
+    data: DataOption,
     config: Annotated[
         str,
         typer.Option(
@@ -410,14 +411,7 @@ def train_command(
         typer.Option("--max-iters", help="Train this many iterations instead of the config's.", min=1),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of mmengine's randomness.")] = 0,
-    pretrained: Annotated[
-        Path | None,
-        typer.Option(
-            "--pretrained",
-            help="The local CLIP weights file, if the text embeddings were made from one.",
-            show_default=False,
-        ),
-    ] = None,
+    pretrained: PretrainedFileOption = None,
     vis: Annotated[
         str,
         typer.Option(
@@ -479,10 +473,7 @@ def train_command(
 @app.command("evaluate")
 def evaluate_command(
     run: Annotated[Path, typer.Option("--run", help="The trained run directory.")],
-    data: Annotated[
-        Path,
-        typer.Option("--data", help="The dataset: a directory with clipgap-data.json (or the file itself)."),
-    ],
+    data: DataOption,
     domain: Annotated[str, typer.Option("--domain", help="A domain of the dataset's spec, or all.")] = ALL,
     checkpoint: Annotated[
         str,
@@ -507,12 +498,7 @@ def evaluate_command(
             show_default=False,
         ),
     ] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(
-            "--device", help="cpu, cuda or cuda:N. Default: cuda if available, else cpu.", show_default=False
-        ),
-    ] = None,
+    device: DeviceOption = None,
 ) -> None:
     """Score the trained detector on each domain's evaluation split (source: test, targets:
     train, as published): AP50 per class and its mean, and COCO AP.
@@ -538,11 +524,13 @@ def evaluate_command(
                 task, completed=done, total=total, domain=name
             ),
         )
-    console.print(domain_table(result.report, metric, f"{run} ({result.report['checkpoint']})"))
+    console.print(domain_table(result.report, metric))
     console.print(f"written: {run}/{result.json_rel}, {run}/{result.chart_rel}")
     if compare:
         reports = {str(run): result.report}
-        reports.update({str(other): stored_evaluation(other, checkpoint) for other in compare})
+        # Other runs are compared at the same kind of checkpoint; a file of this run means its best.
+        which = checkpoint if checkpoint in ("best", "last") else "best"
+        reports.update({str(other): stored_evaluation(other, which) for other in compare})
         console.print(compare_table(reports, metric))
 
 

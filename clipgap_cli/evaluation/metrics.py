@@ -59,7 +59,9 @@ def ground_truth(coco: COCO, classes: Sequence[str]) -> dict[int, GroundTruth]:
     Labels follow `classes` by category name, as CocoDataset maps them; boxes smaller than a
     pixel and categories outside `classes` are dropped, as CocoDataset drops them.
     """
-    label_of = {c["id"]: classes.index(c["name"]) for c in coco.loadCats(coco.getCatIds()) if c["name"] in classes}
+    label_of = {
+        c["id"]: classes.index(c["name"]) for c in coco.loadCats(coco.getCatIds()) if c["name"] in classes
+    }
     truth = {}
     for image_id in coco.getImgIds():
         kept: dict[bool, tuple[list, list]] = {False: ([], []), True: ([], [])}
@@ -103,25 +105,28 @@ def voc_ap50(
         logger="silent",
         eval_mode=VOC_MODES[mode],
     )
-    per_class = {c: float(r["ap"]) if r["num_gts"] > 0 else None for c, r in zip(classes, results)}
+    per_class = {
+        c: float(r["ap"]) if r["num_gts"] > 0 else None for c, r in zip(classes, results, strict=True)
+    }
     return Scores(per_class, float(mean))
 
 
 def coco_ap(detections: Mapping[int, Detections], coco: COCO, classes: Sequence[str]) -> Scores:
-    """COCO AP@[.5:.95] (pycocotools COCOeval, bbox, 100 detections an image): per class and
-    overall (`stats[0]`); 0 when there are no detections."""
+    """COCO AP@[.5:.95] (pycocotools COCOeval, bbox, 100 detections an image) over the
+    categories named in `classes`: per class and overall (`stats[0]`); 0 without detections."""
     cat_of = {c["name"]: c["id"] for c in coco.loadCats(coco.getCatIds())}
     results = [
         {"image_id": image_id, "category_id": cat_of[classes[label]], "score": float(score),
          "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]}
         for image_id, d in detections.items()
-        for (x1, y1, x2, y2), score, label in zip(d.bboxes, d.scores, d.labels)
+        for (x1, y1, x2, y2), score, label in zip(d.bboxes, d.scores, d.labels, strict=True)
     ]  # fmt: skip
     has_truth = {c: bool(coco.getAnnIds(catIds=[cat_of[c]], iscrowd=False)) for c in classes if c in cat_of}
     if not results:
         return Scores({c: 0.0 if has_truth.get(c) else None for c in classes}, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator = COCOeval(coco, coco.loadRes(results), "bbox")
+        evaluator.params.catIds = [cat_of[c] for c in classes if c in cat_of]  # as VOC: the classes only
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

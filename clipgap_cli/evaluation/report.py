@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 TITLES = {"voc07": "VOC07 11-point AP50", "voc": "VOC area AP50", "coco": "COCO AP@[.5:.95]"}
@@ -22,19 +23,24 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def domain_table(report: Mapping[str, Any], metric: str, title: str) -> Table:
-    """Rows: domains; columns: the classes, their mean, and COCO AP beside a VOC metric (in %)."""
-    table = Table(title=f"{title}: {TITLES[metric]} (%)")
-    table.add_column("domain")
-    table.add_column("split")
+def domain_table(report: Mapping[str, Any], metric: str) -> Table:
+    """Rows: domains (* the source); columns: the classes, their mean, and COCO AP beside a VOC
+    metric (in %)."""
+    table = Table(
+        title=f"{TITLES[metric]} (%) of {Path(report['checkpoint']).name}",
+        caption="* source domain, scored on its test split; targets on their train split",
+        box=box.SIMPLE_HEAD,  # no vertical rules: ten columns fit an 80-character terminal
+    )
+    table.add_column("domain", no_wrap=True)
+    # A value fits whole in 4 characters (`25.6`); narrow consoles shorten the headers instead.
     for name in report["classes"]:
-        table.add_column(name, justify="right")
-    table.add_column("mAP", justify="right", style="bold")
+        table.add_column(name, justify="right", min_width=4)
+    table.add_column("mAP", justify="right", style="bold", min_width=4)
     if metric != "coco":
-        table.add_column("COCO AP", justify="right")
+        table.add_column("COCO AP", justify="right", min_width=4)
     for name, domain in report["domains"].items():
         per_class, mean = scores(domain, metric)
-        row = [f"{name} ({domain['role']})", domain["split"]]
+        row = [f"{name}*" if domain["role"] == "source" else name]
         row += [_percent(per_class[c]) for c in report["classes"]] + [_percent(mean)]
         if metric != "coco":
             row.append(_percent(domain["coco"]["AP"]))

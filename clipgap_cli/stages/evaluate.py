@@ -3,18 +3,20 @@ per class (the papers' mAP) and COCO AP; a json and a chart in the run directory
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from mmengine.config import Config
 
-from clipgap_cli.data.spec import load_spec
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.evaluation.metrics import (
     VOC_MODES,
@@ -27,7 +29,8 @@ from clipgap_cli.evaluation.metrics import (
 from clipgap_cli.evaluation.report import write_chart
 from clipgap_cli.rundir import EVAL_DIR, WORK_DIR, Run, sha256_of
 from clipgap_cli.stages.encode_prompts import load_text_embeddings
-from clipgap_cli.stages.train import CONFIG_NAME, STAGE as TRAIN_STAGE, _set_dataset
+from clipgap_cli.stages.train import CONFIG_NAME, load_run_dataset, set_dataset
+from clipgap_cli.stages.train import STAGE as TRAIN_STAGE
 
 STAGE = "evaluate"
 METRICS = (*VOC_MODES, "coco")
@@ -39,8 +42,8 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The weights to evaluate: their path, their manifest entry (None outside the run) and the
-    stem that names the evaluation's json and chart."""
+    """The weights to evaluate: their path, their path in the run (None for a file outside it)
+    and the stem that names the evaluation's json and chart."""
 
     path: Path
     rel: str | None
@@ -67,17 +70,17 @@ def find_checkpoint(run: Run, which: str) -> Checkpoint:
     )
     if which in ("best", "last"):
         if not recorded:
-            raise ClipgapError(f"run directory {run.root} has no trained checkpoint; run `clipgap train` first")
-        if which == "best":
-            best = [rel for rel in recorded if Path(rel).name.startswith("best_")]
-            if not best:
-                raise ClipgapError(
-                    f"run directory {run.root} has no best checkpoint (validation never ran during "
-                    "training); pass --checkpoint last"
-                )
-            rel = max(best, key=_iteration)
-        else:
-            rel = max((r for r in recorded if Path(r).name.startswith("iter_")), key=_iteration)
+            raise ClipgapError(
+                f"run directory {run.root} has no trained checkpoint; run `clipgap train` first"
+            )
+        prefix = "best_" if which == "best" else "iter_"
+        candidates = [rel for rel in recorded if Path(rel).name.startswith(prefix)]
+        if not candidates:
+            other = "last" if which == "best" else "best"
+            raise ClipgapError(
+                f"run directory {run.root} has no {which} checkpoint; pass --checkpoint {other}"
+            )
+        rel = max(candidates, key=_iteration)
         return Checkpoint(run.verified_path(rel), rel)
     path = Path(which)
     if not path.is_file():
@@ -110,14 +113,8 @@ def evaluate(
     if metric not in METRICS:
         raise ClipgapError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     run = Run.open(run_path)
-    spec = load_spec(data)
+    spec = load_run_dataset(data, load_text_embeddings(run))
     domains = [d.name for d in spec.domains] if domain == ALL else [spec.domain(domain).name]
-    text = load_text_embeddings(run)
-    if list(spec.classes) != list(text.class_names):
-        raise ClipgapError(
-            f"the dataset's classes ({', '.join(spec.classes)}) differ from the run's class text "
-            f"embeddings ({', '.join(text.class_names)}); evaluate on the dataset the run was trained for"
-        )
     weights = find_checkpoint(run, checkpoint)
     config_path = run.path(f"{WORK_DIR}/{CONFIG_NAME}")
     if not config_path.is_file():
@@ -127,8 +124,9 @@ def evaluate(
     results = {}
     for name in domains:
         split = spec.eval_split(name)
-        detections = _infer(model, cfg, split, spec.classes, lambda done, total: on_progress(name, done, total)
-                            if on_progress else None)  # fmt: skip
+        detections = _infer(
+            model, cfg, split, spec.classes, partial(on_progress, name) if on_progress else None
+        )
         coco = load_coco(split.ann_file)
         truth = ground_truth(coco, spec.classes)
         voc = {mode: voc_ap50(detections, truth, spec.classes, mode) for mode in VOC_MODES}
@@ -151,7 +149,9 @@ def evaluate(
         "classes": list(spec.classes),
         "domains": {**previous, **results},
     }
-    report["domains"] = {d.name: report["domains"][d.name] for d in spec.domains if d.name in report["domains"]}
+    report["domains"] = {
+        d.name: report["domains"][d.name] for d in spec.domains if d.name in report["domains"]
+    }
     inputs = [weights.rel] if weights.rel else []
     options = {"checkpoint": report["checkpoint"], "data": str(spec.path), "domains": list(report["domains"])}
     text_out = json.dumps(report, indent=2) + "\n"
@@ -182,7 +182,6 @@ def _previous(run: Run, json_rel: str, checkpoint_sha: str) -> dict[str, Any]:
 
 def _build_detector(config_path: Path, checkpoint: Path, device: str):
     """The detector of the run's composed config with the checkpoint's weights, in eval mode."""
-    import clipgap_cli  # noqa: F401  (the stack fixes, before mmengine loads anything)
     from mmdet.apis import init_detector
 
     cfg = Config.fromfile(str(config_path))
@@ -200,8 +199,9 @@ def _infer(
     from mmengine.runner import Runner
 
     loader_cfg = copy.deepcopy(cfg.test_dataloader)
-    _set_dataset(loader_cfg.dataset, split, dict(classes=tuple(classes)))
-    loader = Runner.build_dataloader(loader_cfg)
+    set_dataset(loader_cfg.dataset, split, dict(classes=tuple(classes)))
+    with contextlib.redirect_stdout(io.StringIO()):  # the dataset's pycocotools prints progress
+        loader = Runner.build_dataloader(loader_cfg)
     total, done = len(loader.dataset), 0
     detections = {}
     with torch.no_grad():

@@ -24,10 +24,10 @@ from mmengine.config import Config, DictAction
 
 from clipgap_cli.clip.model import load_run_clip
 from clipgap_cli.clip.split import visual_dims
-from clipgap_cli.data.spec import load_spec
+from clipgap_cli.data.spec import DataSpec, Split, load_spec
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, WORK_DIR, Run, atomic_write
-from clipgap_cli.stages.encode_prompts import load_text_embeddings
+from clipgap_cli.stages.encode_prompts import TextEmbeddings, load_text_embeddings
 
 STAGE = "train"
 CONFIGS = Path(__file__).resolve().parents[2] / "mmconfigs"  # clipgap's configs, beside the package
@@ -104,13 +104,7 @@ def compose_config(
     if uses_augmentation:
         run.verified(OFFSETS)
         inputs.append(OFFSETS)
-    spec = load_spec(data)
-    if list(spec.classes) != list(text.class_names):
-        raise ClipgapError(
-            f"the dataset's classes ({', '.join(spec.classes)}) differ from the run's class text "
-            f"embeddings ({', '.join(text.class_names)}); re-run `clipgap encode-prompts --classes-from` "
-            "with the dataset's annotations, or use another run directory"
-        )
+    spec = load_run_dataset(data, text)
     model, identity = load_run_clip(text.clip, pretrained)
     run.check_clip(inputs, identity)
     dims = visual_dims(model.visual)
@@ -136,10 +130,10 @@ def compose_config(
 
     metainfo = dict(classes=tuple(spec.classes))
     source = spec.source.name
-    _set_dataset(cfg.train_dataloader.dataset, spec.train_split, metainfo)
+    set_dataset(cfg.train_dataloader.dataset, spec.train_split, metainfo)
     for loader in ("val_dataloader", "test_dataloader"):
         if cfg.get(loader):
-            _set_dataset(cfg[loader].dataset, spec.eval_split(source), metainfo)
+            set_dataset(cfg[loader].dataset, spec.eval_split(source), metainfo)
 
     cfg.work_dir = str(run.path(WORK_DIR).resolve())
     # Each process draws its own augmentation coin and domains, as separate batches would.
@@ -177,7 +171,21 @@ def compose_config(
     return cfg, {"inputs": inputs, "clip": identity, "options": options}
 
 
-def _set_dataset(dataset: Config, split, metainfo: dict) -> None:
+def load_run_dataset(data: Path, text: TextEmbeddings) -> DataSpec:
+    """The dataset spec at `data`, refused unless its classes are those of the run's class
+    text embeddings, in the same order (label c means the same class in both)."""
+    spec = load_spec(data)
+    if list(spec.classes) != list(text.class_names):
+        raise ClipgapError(
+            f"the dataset's classes ({', '.join(spec.classes)}) differ from the run's class text "
+            f"embeddings ({', '.join(text.class_names)}); use the dataset the run was made for, or a run "
+            "whose `clipgap encode-prompts --classes-from` read this dataset's annotations"
+        )
+    return spec
+
+
+def set_dataset(dataset: Config, split: Split, metainfo: dict) -> None:
+    """Point a dataset config at a split of the spec (absolute paths, no data_root)."""
     dataset.data_root = ""
     dataset.ann_file = str(split.ann_file)
     dataset.data_prefix = dict(img=f"{split.image_dir}/")

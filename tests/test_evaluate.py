@@ -1,0 +1,224 @@
+"""clipgap evaluate: the metric glue against mmdet's eval_map and pycocotools, the command end
+to end on a tiny trained run, and bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from helpers import assert_one_line_error
+from mmdet.evaluation.functional import eval_map
+from pycocotools.cocoeval import COCOeval
+from typer.testing import CliRunner
+
+from clipgap_cli.cli import app
+from clipgap_cli.evaluation.metrics import Detections, coco_ap, ground_truth, load_coco, voc_ap50
+from clipgap_cli.rundir import Run
+from clipgap_cli.stages.encode_prompts import encode_prompts
+from clipgap_cli.stages.optimize_augs import optimize_augs
+from clipgap_cli.stages.train import Launch, resolve_config, train
+
+CLASSES = ("bus", "bike", "car", "truck")
+# Category ids neither 0-based nor in class order, and one category that is not a class.
+CATEGORY_IDS = {"truck": 1, "car": 4, "bike": 7, "bus": 9, "tram": 2}
+NO_TRUTH = "truck"  # a class without ground truth
+TRAIN_ITERS = 10
+
+
+def make_split(tmp_path, seed=0, images=12):
+    """A COCO json with crowd (ignored) boxes, images without objects and a class without
+    ground truth; detections near the truth and elsewhere. Returns the json path, the raw
+    annotations per image id, and the detections."""
+    rng = np.random.default_rng(seed)
+    image_entries, annotations, raw, detections = [], [], {}, {}
+    for image_id in range(101, 101 + images):
+        image_entries.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 200, "height": 150})
+        objects = [] if image_id % 4 == 0 else range(rng.integers(1, 6))
+        raw[image_id] = []
+        boxes, scores, labels = [], [], []
+        for _ in objects:
+            name = rng.choice(["bus", "bike", "car", "tram"])
+            x, y = rng.uniform(0, 120, 2)
+            w, h = rng.uniform(8, 70, 2)
+            crowd = int(rng.random() < 0.2)
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": CATEGORY_IDS[name],
+                "bbox": [x, y, w, h], "area": w * h, "iscrowd": crowd,
+            })  # fmt: skip
+            raw[image_id].append((name, crowd, [x, y, x + w, y + h]))
+            if name in CLASSES and rng.random() < 0.8:
+                jitter = rng.normal(0, 4, 4)
+                boxes.append([x + jitter[0], y + jitter[1], x + w + jitter[2], y + h + jitter[3]])
+                scores.append(rng.uniform(0.3, 1))
+                labels.append(CLASSES.index(name) if rng.random() < 0.85 else rng.integers(len(CLASSES)))
+        for _ in range(rng.integers(0, 4)):  # false positives, some of the class without truth
+            x, y = rng.uniform(0, 150, 2)
+            boxes.append([x, y, x + rng.uniform(5, 50), y + rng.uniform(5, 50)])
+            scores.append(rng.uniform(0, 0.9))
+            labels.append(rng.integers(len(CLASSES)))
+        detections[image_id] = Detections(
+            np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32), np.asarray(labels)
+        )
+    categories = [{"id": i, "name": n} for n, i in CATEGORY_IDS.items()]
+    ann_file = tmp_path / "split.json"
+    ann_file.write_text(
+        json.dumps({"images": image_entries, "annotations": annotations, "categories": categories})
+    )
+    return ann_file, raw, detections
+
+
+@pytest.mark.parametrize("mode, eval_mode", [("voc07", "11points"), ("voc", "area")])
+def test_voc_ap50_equals_eval_map_on_the_same_boxes(tmp_path, mode, eval_mode):
+    ann_file, raw, detections = make_split(tmp_path)
+    scores = voc_ap50(detections, ground_truth(load_coco(ann_file), CLASSES), CLASSES, mode)
+
+    det_results, annotations = [], []
+    for image_id, objects in raw.items():
+        d = detections[image_id]
+        det_results.append(
+            [np.c_[d.bboxes[d.labels == k], d.scores[d.labels == k]] for k in range(len(CLASSES))]
+        )
+        scored = [(CLASSES.index(n), box) for n, crowd, box in objects if n in CLASSES and not crowd]
+        ignored = [(CLASSES.index(n), box) for n, crowd, box in objects if n in CLASSES and crowd]
+        annotations.append({
+            "bboxes": np.array([b for _, b in scored]).reshape(-1, 4),
+            "labels": np.array([k for k, _ in scored], dtype=int),
+            "bboxes_ignore": np.array([b for _, b in ignored]).reshape(-1, 4),
+            "labels_ignore": np.array([k for k, _ in ignored], dtype=int),
+        })  # fmt: skip
+    assert any(not a["labels"].size for a in annotations) and any(
+        a["labels_ignore"].size for a in annotations
+    )
+    mean, results = eval_map(
+        det_results,
+        annotations,
+        iou_thr=0.5,
+        eval_mode=eval_mode,
+        use_legacy_coordinate=True,
+        logger="silent",
+    )
+    for name, result in zip(CLASSES, results, strict=True):
+        if name == NO_TRUTH:
+            assert result["num_gts"] == 0 and scores.per_class[name] is None
+        else:
+            assert scores.per_class[name] == pytest.approx(result["ap"], abs=1e-6)
+    assert 0 < scores.mean < 1 and scores.mean == pytest.approx(mean, abs=1e-6)
+
+
+def test_coco_ap_equals_cocoeval(tmp_path):
+    ann_file, _, detections = make_split(tmp_path, seed=1)
+    coco = load_coco(ann_file)
+    scores = coco_ap(detections, coco, CLASSES)
+
+    results = [
+        {"image_id": i, "category_id": CATEGORY_IDS[CLASSES[label]], "score": float(score),
+         "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]}
+        for i, d in detections.items()
+        for (x1, y1, x2, y2), score, label in zip(d.bboxes, d.scores, d.labels, strict=True)
+    ]  # fmt: skip
+    evaluator = COCOeval(coco, coco.loadRes(results), "bbox")
+    evaluator.params.catIds = [CATEGORY_IDS[c] for c in CLASSES]
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    assert 0 < scores.mean < 1 and scores.mean == pytest.approx(evaluator.stats[0], abs=1e-6)
+    assert scores.per_class[NO_TRUTH] is None
+    per_class = [v for v in scores.per_class.values() if v is not None]
+    assert np.mean(per_class) == pytest.approx(evaluator.stats[0], abs=1e-6)
+
+
+def test_no_detections_score_zero(tmp_path):
+    ann_file, _, _ = make_split(tmp_path)
+    coco = load_coco(ann_file)
+    assert voc_ap50({}, ground_truth(coco, CLASSES), CLASSES).mean == 0
+    assert coco_ap({}, coco, CLASSES).mean == 0
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, synth_data):
+    """A run of the tiny detector trained for a few iterations on CPU; validation at the last
+    one makes it also the best."""
+    from clipgap_cli.clip.prompts import DEFAULT_PROMPTS_FILE, read_prompts
+
+    run = tmp_path_factory.mktemp("evaluate") / "run"
+    encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-tiny", pretrained=None)
+    optimize_augs(run, synth_data, iters=2, crops_per_iter=4)
+    train(run, resolve_config("tiny/faster-rcnn_clip-tiny_c4_synth.py"), synth_data,
+          launch=Launch(device="cpu"), max_iters=TRAIN_ITERS)  # fmt: skip
+    return run
+
+
+def evaluate(run, data, *extra):
+    """`clipgap evaluate` on the CPU, in a console wide enough for the whole table."""
+    args = ["evaluate", "--run", str(run), "--data", str(data), "--device", "cpu", *extra]
+    return CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+
+
+def test_evaluate_all_domains_prints_and_records(trained_run, synth_data):
+    result = evaluate(trained_run, synth_data)
+    assert result.exit_code == 0, result.output
+    domains = ["daytime_clear", "night_sunny", "dusk_rainy", "night_rainy", "daytime_foggy"]
+    assert "VOC07 11-point AP50" in result.output and "COCO AP" in result.output
+    rows = [line.split() for line in result.output.splitlines() if line.split()]
+    assert [row[0] for row in rows if row[0].rstrip("*") in domains] == ["daytime_clear*", *domains[1:]]
+    assert all(len(row) == 1 + 7 + 2 for row in rows if row[0].rstrip("*") in domains), result.output
+    run = Run.open(trained_run)
+    (best,) = [rel for rel in run.artifacts() if rel.startswith("train/best_")]
+    stem = best.removeprefix("train/").removesuffix(".pth")
+    for rel in (f"eval/{stem}.json", f"eval/{stem}.png"):
+        artifact = run.verified(rel)
+        assert artifact.stage == "evaluate" and artifact.inputs == {best: run.artifact(best).sha256}
+    assert run.path(f"eval/{stem}.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads(run.path(f"eval/{stem}.json").read_text())
+    assert list(report["domains"]) == domains and report["checkpoint"] == best
+    source = report["domains"]["daytime_clear"]
+    assert (source["split"], source["images"]) == ("test", 3)
+    assert (report["domains"]["night_rainy"]["split"], report["domains"]["night_rainy"]["images"]) == (
+        "train",
+        9,
+    )
+    assert set(source["voc07"]["per_class"]) == set(report["classes"])
+    assert 0 <= source["voc07"]["mAP"] <= 1 and 0 <= source["coco"]["AP"] <= 1
+
+
+def test_one_domain_at_a_time_adds_to_the_json_and_compares(trained_run, synth_data):
+    last = f"train/iter_{TRAIN_ITERS}.pth"
+    path = Run.open(trained_run).path(last)
+    result = evaluate(trained_run, synth_data, "--checkpoint", str(path), "--domain", "night_rainy")
+    assert result.exit_code == 0, result.output
+    result = evaluate(
+        trained_run, synth_data, "--checkpoint", "last", "--domain", "dusk_rainy",
+        "--metric", "coco", "--compare", str(trained_run),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "COCO AP@[.5:.95]" in result.output and "mAP per domain" in result.output
+    run = Run.open(trained_run)
+    report = json.loads(run.verified_path(f"eval/iter_{TRAIN_ITERS}.json").read_text())
+    assert report["checkpoint"] == last and list(report["domains"]) == ["dusk_rainy", "night_rainy"]
+    assert run.artifact(f"eval/iter_{TRAIN_ITERS}.json").inputs == {last: run.artifact(last).sha256}
+
+
+def test_unknown_domain_lists_the_valid_ones(trained_run, synth_data):
+    result = evaluate(trained_run, synth_data, "--domain", "mars")
+    assert_one_line_error(result, "no domain 'mars'", "daytime_clear, night_sunny")
+
+
+def test_missing_checkpoints_are_refused(trained_run, tiny_run, synth_data, tmp_path):
+    assert_one_line_error(
+        evaluate(tiny_run, synth_data), "no trained checkpoint", "run `clipgap train` first"
+    )
+    copy = shutil.copytree(trained_run, tmp_path / "copy")
+    Run.open(copy).forget([rel for rel in Run.open(copy).artifacts() if rel.startswith("train/best_")])
+    assert_one_line_error(evaluate(copy, synth_data), "has no best checkpoint; pass --checkpoint last")
+    absent = tmp_path / "absent.pth"
+    result = evaluate(trained_run, synth_data, "--checkpoint", str(absent))
+    assert_one_line_error(result, f"--checkpoint {absent}: no such file")
+
+
+def test_dataset_with_other_classes_is_refused(tmp_path, synth_data):
+    run = tmp_path / "run"
+    encode_prompts(
+        run, ["an image taken at night"], class_names=["car", "bus"], clip="RN-tiny", pretrained=None
+    )
+    result = evaluate(run, synth_data)
+    assert_one_line_error(result, "the dataset's classes", "differ from the run's class text embeddings")
