@@ -473,7 +473,15 @@ def train_command(
 @app.command("evaluate")
 def evaluate_command(
     run: Annotated[Path, typer.Option("--run", help="The trained run directory.")],
-    data: DataOption,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="The dataset: a directory with clipgap-data.json. Default: the one the checkpoint was "
+            "trained on.",
+            show_default=False,
+        ),
+    ] = None,
     domain: Annotated[str, typer.Option("--domain", help="A domain of the dataset's spec, or all.")] = ALL,
     checkpoint: Annotated[
         str,

@@ -222,3 +222,10 @@ def test_dataset_with_other_classes_is_refused(tmp_path, synth_data):
     )
     result = evaluate(run, synth_data)
     assert_one_line_error(result, "the dataset's classes", "differ from the run's class text embeddings")
+
+
+def test_data_defaults_to_the_dataset_the_checkpoint_was_trained_on(trained_run):
+    args = ["evaluate", "--run", str(trained_run), "--device", "cpu", "--domain", "daytime_clear"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "daytime_clear*" in result.output

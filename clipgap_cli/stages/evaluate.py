@@ -100,7 +100,7 @@ def _iteration(rel: str) -> int:
 
 def evaluate(
     run_path: Path,
-    data: Path,
+    data: Path | None,
     domain: str = ALL,
     *,
     checkpoint: str = "best",
@@ -109,13 +109,21 @@ def evaluate(
     on_progress: Progress | None = None,
 ) -> Evaluation:
     """Score the detector on `domain` (or every domain) and record `eval/<checkpoint>.json`
-    and `eval/<checkpoint>.png`. A json of the same checkpoint keeps its other domains."""
+    and `eval/<checkpoint>.png`. A json of the same checkpoint keeps its other domains.
+    `data` None means the dataset the checkpoint was trained on."""
     if metric not in METRICS:
         raise ClipgapError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     run = Run.open(run_path)
-    spec = load_run_dataset(data, load_text_embeddings(run))
-    domains = [d.name for d in spec.domains] if domain == ALL else [spec.domain(domain).name]
+    text = load_text_embeddings(run)
+    spec = load_run_dataset(data, text) if data is not None else None
     weights = find_checkpoint(run, checkpoint)
+    if spec is None:
+        # The dataset the checkpoint was trained on, as its manifest entry records it.
+        trained = run.artifact(weights.rel) if weights.rel else None
+        if trained is None or "data" not in trained.options:
+            raise ClipgapError(f"pass --data: {weights.path} records no dataset it was trained on")
+        spec = load_run_dataset(Path(trained.options["data"]), text)
+    domains = [d.name for d in spec.domains] if domain == ALL else [spec.domain(domain).name]
     config_path = run.path(f"{WORK_DIR}/{CONFIG_NAME}")
     if not config_path.is_file():
         raise ClipgapError(f"{config_path} is missing; re-run `clipgap train` for this run directory")
