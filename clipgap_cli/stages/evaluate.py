@@ -42,11 +42,12 @@ Progress = Callable[[str, int, int], None]
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The weights to evaluate: their path, their path in the run (None for a file outside it)
-    and the stem that names the evaluation's json and chart."""
+    """The weights to evaluate: their path, their path in the run (None for a file outside it),
+    their sha256, and the stem that names the evaluation's json and chart."""
 
     path: Path
     rel: str | None
+    sha256: str
 
     @property
     def stem(self) -> str:
@@ -65,32 +66,37 @@ class Evaluation:
 def find_checkpoint(run: Run, which: str) -> Checkpoint:
     """`best` (the best on the source's evaluation split), `last` (the highest iteration) or a
     path: a run's checkpoint is verified against the manifest, a file outside it taken as is."""
-    recorded = sorted(
+    if which in ("best", "last"):
+        rel = _recorded_checkpoint(run, which)
+    else:
+        path = Path(which)
+        if not path.is_file():
+            raise ClipgapError(f"--checkpoint {which}: no such file; use best, last or a checkpoint file")
+        resolved, root = path.resolve(), run.root.resolve()
+        rel = resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else None
+        if rel not in _recorded(run):
+            return Checkpoint(path, None, sha256_of(path))
+    return Checkpoint(run.path(rel), rel, run.verified(rel).sha256)
+
+
+def _recorded(run: Run) -> list[str]:
+    """The run's checkpoints, as `train` recorded them."""
+    return sorted(
         rel for rel, a in run.artifacts().items() if a.stage == TRAIN_STAGE and rel.endswith(".pth")
     )
-    if which in ("best", "last"):
-        if not recorded:
-            raise ClipgapError(
-                f"run directory {run.root} has no trained checkpoint; run `clipgap train` first"
-            )
-        prefix = "best_" if which == "best" else "iter_"
-        candidates = [rel for rel in recorded if Path(rel).name.startswith(prefix)]
-        if not candidates:
-            other = "last" if which == "best" else "best"
-            raise ClipgapError(
-                f"run directory {run.root} has no {which} checkpoint; pass --checkpoint {other}"
-            )
-        rel = max(candidates, key=_iteration)
-        return Checkpoint(run.verified_path(rel), rel)
-    path = Path(which)
-    if not path.is_file():
-        raise ClipgapError(f"--checkpoint {which}: no such file; use best, last or a checkpoint file")
-    resolved = path.resolve()
-    if resolved.is_relative_to(run.root.resolve()):
-        rel = resolved.relative_to(run.root.resolve()).as_posix()
-        if rel in recorded:
-            return Checkpoint(run.verified_path(rel), rel)
-    return Checkpoint(path, None)
+
+
+def _recorded_checkpoint(run: Run, which: str) -> str:
+    """The manifest path of the run's `best` or `last` checkpoint (not yet verified)."""
+    recorded = _recorded(run)
+    if not recorded:
+        raise ClipgapError(f"run directory {run.root} has no trained checkpoint; run `clipgap train` first")
+    prefix = "best_" if which == "best" else "iter_"
+    candidates = [rel for rel in recorded if Path(rel).name.startswith(prefix)]
+    if not candidates:
+        other = "last" if which == "best" else "best"
+        raise ClipgapError(f"run directory {run.root} has no {which} checkpoint; pass --checkpoint {other}")
+    return max(candidates, key=_iteration)
 
 
 def _iteration(rel: str) -> int:
@@ -148,11 +154,10 @@ def evaluate(
         }
 
     json_rel, chart_rel = f"{EVAL_DIR}/{weights.stem}.json", f"{EVAL_DIR}/{weights.stem}.png"
-    checkpoint_sha = sha256_of(weights.path)
-    previous = _previous(run, json_rel, checkpoint_sha)
+    previous = _previous(run, json_rel, weights.sha256)
     report = {
         "checkpoint": weights.rel or str(weights.path.resolve()),
-        "checkpoint_sha256": checkpoint_sha,
+        "checkpoint_sha256": weights.sha256,
         "data": str(spec.path),
         "classes": list(spec.classes),
         "domains": {**previous, **results},
@@ -173,7 +178,8 @@ def evaluate(
 def stored_evaluation(run_path: Path, checkpoint: str = "best") -> dict[str, Any]:
     """The verified eval json of a run's checkpoint, as `evaluate` wrote it."""
     run = Run.open(run_path)
-    rel = f"{EVAL_DIR}/{find_checkpoint(run, checkpoint).stem}.json"
+    # Only the checkpoint's name is needed here: the json it names is verified.
+    rel = f"{EVAL_DIR}/{Path(_recorded_checkpoint(run, checkpoint)).stem}.json"
     if run.artifact(rel) is None:
         raise ClipgapError(f"{run.root} has no {rel}; run `clipgap evaluate --run {run.root}` first")
     return json.loads(run.verified_path(rel).read_text(encoding="utf-8"))
