@@ -22,7 +22,9 @@ from clipgap_cli.evaluation.report import compare_table, domain_table
 from clipgap_cli.rundir import Run, describe_clip
 from clipgap_cli.stages.encode_prompts import encode_prompts, parse_class_names
 from clipgap_cli.stages.evaluate import ALL, evaluate, stored_evaluation
+from clipgap_cli.stages.export import export
 from clipgap_cli.stages.optimize_augs import optimize_augs
+from clipgap_cli.stages.predict import parse_classes, predict
 from clipgap_cli.stages.train import Launch, parse_cfg_options, resolve_config, train
 from clipgap_cli.versions import stack_versions
 
@@ -44,6 +46,14 @@ DeviceOption = Annotated[
     str | None,
     typer.Option(
         "--device", help="cpu, cuda or cuda:N. Default: cuda if available, else cpu.", show_default=False
+    ),
+]
+CheckpointOption = Annotated[
+    str,
+    typer.Option(
+        "--checkpoint",
+        help="The run's checkpoint: best (the best on the source's evaluation split), last, or a "
+        "checkpoint file.",
     ),
 ]
 
@@ -483,13 +493,7 @@ def evaluate_command(
         ),
     ] = None,
     domain: Annotated[str, typer.Option("--domain", help="A domain of the dataset's spec, or all.")] = ALL,
-    checkpoint: Annotated[
-        str,
-        typer.Option(
-            "--checkpoint",
-            help="best (the best on the source's evaluation split), last, or a checkpoint file.",
-        ),
-    ] = "best",
+    checkpoint: CheckpointOption = "best",
     metric: Annotated[
         str,
         typer.Option(
@@ -540,6 +544,92 @@ def evaluate_command(
         which = checkpoint if checkpoint in ("best", "last") else "best"
         reports.update({str(other): stored_evaluation(other, which) for other in compare})
         console.print(compare_table(reports, metric))
+
+
+@app.command("export")
+def export_command(
+    run: Annotated[Path, typer.Option("--run", help="The trained run directory.")],
+    out: Annotated[Path, typer.Option("--out", help="The bundle directory to write (new or empty).")],
+    checkpoint: CheckpointOption = "best",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+) -> None:
+    """Export a trained detector as a self-contained bundle that plain MMDetection runs.
+
+    The bundle holds config.py (the text embeddings and augmentation means written in, no
+    run-directory paths), model.pth (weights and class names), bundle.json (classes, CLIP
+    model, versions, sha256) and a README; mmdet.apis.DetInferencer(model="config.py",
+    weights="model.pth") loads it wherever clipgap is installed. No ONNX export: see docs/cli.md.
+    """
+    with console.status("exporting (and checking that the bundle loads)"):
+        bundle = export(run, out, checkpoint, force=force)
+    info = bundle.info
+    console.print(
+        f"written: {out}/ ({info['detector']}, {len(bundle.classes)} classes: {', '.join(bundle.classes)}; "
+        f"CLIP {describe_clip(info['clip'])}; from {info['checkpoint']['name']})"
+    )
+
+
+@app.command("predict")
+def predict_command(
+    model: Annotated[Path, typer.Argument(help="A bundle (clipgap export) or a trained run directory.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files, or directories whose image files are all used.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Where the drawn images and the json files go.")],
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            "--classes",
+            help='Detect these class names instead of the trained ones, e.g. "car,bus,tram": they are '
+            "encoded with the model's CLIP and class prompt (open vocabulary; text classifier only).",
+            show_default=False,
+        ),
+    ] = None,
+    score_thr: Annotated[
+        float, typer.Option("--score-thr", help="Keep and draw detections scoring at least this (0..1).")
+    ] = 0.3,
+    checkpoint: CheckpointOption = "best",
+    pretrained: Annotated[
+        Path | None,
+        typer.Option(
+            "--pretrained",
+            help="The local CLIP weights file the model was trained with, needed for --classes when "
+            "its CLIP came from a file.",
+            show_default=False,
+        ),
+    ] = None,
+    device: DeviceOption = None,
+) -> None:
+    """Detect objects on images: writes OUT/<image name> with the boxes drawn and
+    OUT/<image stem>.json (label, score, box [x1, y1, x2, y2] in pixels), and prints a table.
+
+    --checkpoint applies to a run directory; a bundle has one set of weights.
+    """
+    names = parse_classes(classes) if classes is not None else None
+    columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("predict", total=None)
+        predictions = predict(
+            model,
+            images,
+            out,
+            classes=names,
+            score_thr=score_thr,
+            checkpoint=checkpoint,
+            pretrained=pretrained,
+            device=_device(device),
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    table = Table(title=f"detections with score >= {score_thr}")
+    table.add_column("image")
+    table.add_column("detections", justify="right")
+    table.add_column("classes")
+    for prediction in predictions:
+        labels = [d["label"] for d in prediction.detections]
+        counts = ", ".join(f"{name} x{labels.count(name)}" for name in dict.fromkeys(labels))
+        table.add_row(prediction.image.name, str(len(labels)), counts or "-")
+    console.print(table)
+    console.print(f"written: {out}/ (drawn images and json, {len(predictions)} images)")
 
 
 def main() -> None:

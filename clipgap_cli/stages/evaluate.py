@@ -130,11 +130,7 @@ def evaluate(
             raise ClipgapError(f"pass --data: {weights.path} records no dataset it was trained on")
         spec = load_run_dataset(Path(trained.options["data"]), text)
     domains = [d.name for d in spec.domains] if domain == ALL else [spec.domain(domain).name]
-    config_path = run.path(f"{WORK_DIR}/{CONFIG_NAME}")
-    if not config_path.is_file():
-        raise ClipgapError(f"{config_path} is missing; re-run `clipgap train` for this run directory")
-
-    model, cfg = _build_detector(config_path, weights.path, device)
+    model, cfg = build_detector(run_config(run), weights.path, device)
     results = {}
     for name in domains:
         split = spec.eval_split(name)
@@ -194,15 +190,25 @@ def _previous(run: Run, json_rel: str, checkpoint_sha: str) -> dict[str, Any]:
     return earlier["domains"] if earlier.get("checkpoint_sha256") == checkpoint_sha else {}
 
 
-def _build_detector(config_path: Path, checkpoint: Path, device: str):
-    """The detector of the run's composed config with the checkpoint's weights, in eval mode."""
+def run_config(run: Run) -> Path:
+    """The config `train` composed for the run (`train/clipgap_config.py`)."""
+    config_path = run.path(f"{WORK_DIR}/{CONFIG_NAME}")
+    if not config_path.is_file():
+        raise ClipgapError(f"{config_path} is missing; re-run `clipgap train` for this run directory")
+    return config_path
+
+
+def build_detector(config: Path | Config, checkpoint: Path, device: str):
+    """The detector of a config (file or loaded) with a checkpoint's weights, in eval mode, and the config."""
     from mmdet.apis import init_detector
 
-    cfg = Config.fromfile(str(config_path))
+    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
     try:
         model = init_detector(cfg, str(checkpoint), device=device)
     except (RuntimeError, KeyError) as err:
-        raise ClipgapError(f"cannot load checkpoint {checkpoint} into the run's detector: {err}") from None
+        raise ClipgapError(
+            f"cannot load checkpoint {checkpoint} into the detector of {cfg.filename}: {err}"
+        ) from None
     return model, cfg
 
 

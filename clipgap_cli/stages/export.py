@@ -1,0 +1,272 @@
+"""Stage `export`: a trained detector as one self-contained bundle that plain MMDetection runs.
+
+A bundle is a directory of four files:
+    config.py    the detector's MMDetection config, with nothing outside the bundle in it: the
+                 class text embeddings and the semantic augmentations' means are written in
+                 as lists, and CLIP is built without weights (the checkpoint holds them all);
+    model.pth    the trained weights and the class names (`meta.dataset_meta.classes`), no
+                 optimiser state;
+    bundle.json  the bundle format, the classes, the class prompt template, the CLIP model
+                 (for new class names), the checkpoint it came from, the versions, the sha256
+                 of config.py and model.pth;
+    README.md    how to run it.
+`mmdet.apis.DetInferencer(model="config.py", weights="model.pth")` runs it wherever clipgap
+is installed (its config imports `clipgap_cli.models`, the registered components).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pprint
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config
+
+from clipgap_cli.errors import ClipgapError
+from clipgap_cli.rundir import Run, describe_clip, sha256_of
+from clipgap_cli.stages.encode_prompts import load_text_embeddings
+from clipgap_cli.stages.evaluate import find_checkpoint, run_config
+from clipgap_cli.versions import stack_versions
+
+BUNDLE_FORMAT = 1
+INFO = "bundle.json"
+CONFIG = "config.py"
+WEIGHTS = "model.pth"
+README = "README.md"
+
+# Of the composed training config, what inference needs besides the model and the test data.
+_RUNTIME_KEYS = ("default_scope", "custom_imports", "backend_args")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An exported model: its directory and its `bundle.json`."""
+
+    root: Path
+    info: dict[str, Any]
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def weights(self) -> Path:
+        return self.root / WEIGHTS
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+
+def export(run_path: Path, out: Path, checkpoint: str = "best", *, force: bool = False) -> Bundle:
+    """Write the bundle of the run's checkpoint (`best`, `last` or a file) to `out`.
+
+    The bundle appears whole or not at all: it is written into a temporary sibling of `out`,
+    checked (the config builds a detector that takes the weights exactly), then renamed into
+    place. An existing non-empty `out` is replaced only with `force`.
+    """
+    run = Run.open(run_path)
+    text = load_text_embeddings(run)
+    weights = find_checkpoint(run, checkpoint)
+    cfg = Config.fromfile(str(run_config(run)))
+    out = Path(out)
+    if out.exists() and not (out.is_dir() and (force or not any(out.iterdir()))):
+        what = "a file" if not out.is_dir() else "not empty"
+        raise ClipgapError(f"--out {out} is {what}; choose a new directory, or pass --force to replace it")
+
+    saved = torch.load(weights.path, map_location="cpu", weights_only=False)
+    state_dict = saved["state_dict"]
+    classes = list(text.class_names)
+    config_text = bundle_config(cfg, state_dict, classes)
+    info = {
+        "format": BUNDLE_FORMAT,
+        "detector": cfg.model.type,
+        "classes": classes,
+        "class_template": text.class_template,
+        "clip": text.clip,
+        "checkpoint": {
+            "name": weights.path.name,
+            "sha256": weights.sha256,
+            "iter": saved["meta"].get("iter"),
+        },
+        "versions": stack_versions(),
+    }
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
+    staging.mkdir()  # with the umask's mode, as the bundle directory should have
+    try:
+        (staging / CONFIG).write_text(config_text, encoding="utf-8")
+        meta = {"dataset_meta": {"classes": classes}, "iter": saved["meta"].get("iter")}
+        torch.save({"meta": meta, "state_dict": state_dict}, staging / WEIGHTS)
+        _check_loads(staging)
+        info["files"] = {name: sha256_of(staging / name) for name in (CONFIG, WEIGHTS)}
+        (staging / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        (staging / README).write_text(_readme(info), encoding="utf-8")
+        for file in staging.iterdir():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+        _replace_dir(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Bundle(out, info)
+
+
+def load_bundle(path: Path) -> Bundle:
+    """The bundle at `path`, after checking that this clipgap reads its format and that its
+    files are the ones it was exported with."""
+    info_path = Path(path) / INFO
+    if not info_path.is_file():
+        raise ClipgapError(
+            f"{path} is not a clipgap bundle: it has no {INFO} (make one with `clipgap export`)"
+        )
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        version = info["format"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ClipgapError(f"{info_path} is corrupt; export the model again") from None
+    if version != BUNDLE_FORMAT:
+        made_by = (info.get("versions") or {}).get("clipgap", "another version")
+        raise ClipgapError(
+            f"{path} is a bundle of format {version} (clipgap {made_by}); this clipgap reads format "
+            f"{BUNDLE_FORMAT}: export the model again with this clipgap, or install the one that made it"
+        )
+    bundle = Bundle(Path(path), info)
+    for name, sha256 in info.get("files", {}).items():
+        file = bundle.root / name
+        if not file.is_file() or sha256_of(file) != sha256:
+            raise ClipgapError(f"{file} is missing or was changed after export; export the model again")
+    return bundle
+
+
+def bundle_config(cfg: Config, state_dict: dict[str, torch.Tensor], classes: list[str]) -> str:
+    """The text of a config that builds the trained detector from the bundle alone.
+
+    Every `class_embeddings` and `offsets` entry of the model config, a file of the run, is
+    replaced by the values the trained model holds (its buffers `<module>.class_embeddings`
+    and `<module>.offset_means`; the config's nesting is the model's), every CLIP is built
+    without weights (the checkpoint holds them), and the test data keeps its pipeline and
+    classes but no paths. Written with `repr`, so the floats read back exactly.
+    """
+    model = _self_contained(cfg.model.to_dict(), "", state_dict)
+    dataset = cfg.test_dataloader.dataset
+    pipeline = [step for step in dataset.pipeline if step["type"] != "LoadAnnotations"]  # no annotations
+    sections = {key: cfg[key] for key in _RUNTIME_KEYS if key in cfg}
+    sections["model"] = model
+    sections["test_pipeline"] = pipeline
+    sections["test_dataloader"] = dict(
+        batch_size=1,
+        num_workers=0,
+        persistent_workers=False,
+        sampler=dict(type="DefaultSampler", shuffle=False),
+        dataset=dict(
+            type=dataset.type, metainfo=dict(classes=tuple(classes)), pipeline=pipeline, test_mode=True
+        ),
+    )
+    sections["visualizer"] = dict(type="DetLocalVisualizer", name="visualizer")
+    header = (
+        "# A clipgap bundle's detector: run it with mmdet.apis.DetInferencer(model='config.py', "
+        "weights='model.pth')\n# wherever clipgap is installed. Written by `clipgap export`; "
+        "the lists are the trained model's values.\n\n"
+    )
+    body = "\n".join(
+        f"{key} = {pprint.pformat(_plain(value), width=110, compact=True, sort_dicts=False)}"
+        for key, value in sections.items()
+    )
+    return header + body + "\n"
+
+
+def _self_contained(node: Any, prefix: str, state_dict: dict[str, torch.Tensor]) -> Any:
+    """A model config with its run files replaced by the trained values (see `bundle_config`)."""
+    if isinstance(node, list | tuple):
+        return type(node)(_self_contained(item, prefix, state_dict) for item in node)
+    if not isinstance(node, dict):
+        return node
+    result = {}
+    for key, value in node.items():
+        if key == "clip" and isinstance(value, dict):
+            value = {**value, "pretrained": None}
+        elif key == "class_embeddings" and isinstance(value, str):
+            # None where the component keeps no embeddings (the linear classifier ignores them).
+            buffer = state_dict.get(f"{prefix}class_embeddings")
+            value = None if buffer is None else buffer.tolist()
+        elif key == "offsets" and isinstance(value, str):
+            buffer = state_dict.get(f"{prefix}offset_means")
+            if buffer is None:
+                raise ClipgapError(
+                    f"the checkpoint has no {prefix}offset_means for the config's offsets; "
+                    "it was not trained with this config"
+                )
+            result["offset_means"] = buffer.tolist()
+            value = None
+        result[key] = _self_contained(value, f"{prefix}{key}.", state_dict)
+    return result
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDicts as dicts, for `pprint`."""
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def _check_loads(bundle_dir: Path) -> None:
+    """Build the detector from the bundle's config and load its weights strictly: every
+    trained tensor has its place and the config needs nothing outside the bundle."""
+    import mmdet.utils
+    from mmdet.registry import MODELS
+
+    mmdet.utils.register_all_modules(init_default_scope=False)
+    cfg = Config.fromfile(str(bundle_dir / CONFIG))
+    model = MODELS.build(cfg.model)
+    state_dict = torch.load(bundle_dir / WEIGHTS, map_location="cpu", weights_only=True)["state_dict"]
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise ClipgapError(f"the exported config does not fit the checkpoint's weights: {detail}") from None
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    """Put `staging` at `out`; an existing `out` is moved aside first and removed after."""
+    if out.is_dir() and any(out.iterdir()):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(staging, out)
+        shutil.rmtree(old)
+    else:
+        if out.is_dir():
+            out.rmdir()
+        os.replace(staging, out)
+
+
+def _readme(info: dict[str, Any]) -> str:
+    classes = ", ".join(info["classes"])
+    return f"""# clipgap model bundle
+
+A {info["detector"]} detector trained with clipgap {info["versions"].get("clipgap")}, exported from
+checkpoint `{info["checkpoint"]["name"]}` (sha256 `{info["checkpoint"]["sha256"][:12]}`).
+
+- Classes ({len(info["classes"])}): {classes}
+- CLIP: {describe_clip(info["clip"])}; class prompt: `{info["class_template"]}`
+
+Detect, for the trained classes or for new class names, with clipgap installed:
+
+    clipgap predict . IMAGE... --out predictions/
+    clipgap predict . IMAGE... --out predictions/ --classes "car,bus,tram"
+
+or with MMDetection itself (clipgap installed: the config imports its registered components):
+
+    from mmdet.apis import DetInferencer
+    inferencer = DetInferencer(model="config.py", weights="model.pth", device="cpu")
+    result = inferencer("image.jpg")
+
+`config.py` needs no other file: the class text embeddings and the semantic augmentations are
+written into it. `model.pth` holds every weight, CLIP's included. `bundle.json` records the CLIP
+model the class names must be encoded with, the versions, and the files' sha256.
+"""

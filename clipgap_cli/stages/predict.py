@@ -1,0 +1,243 @@
+"""`predict`: detections on images, drawn and as json, by a bundle or a run's checkpoint, for
+the trained classes or for new class names (open vocabulary)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from mmengine.config import Config
+from PIL import Image, UnidentifiedImageError
+
+from clipgap_cli.clip.model import load_run_clip
+from clipgap_cli.clip.prompts import encode_texts, tokenize
+from clipgap_cli.errors import ClipgapError
+from clipgap_cli.rundir import MANIFEST, Run, atomic_write, describe_clip
+from clipgap_cli.stages.encode_prompts import load_text_embeddings
+from clipgap_cli.stages.evaluate import build_detector, find_checkpoint, run_config
+from clipgap_cli.stages.export import INFO, load_bundle
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class Model:
+    """What `predict` runs: a config and weights, their classes, and how to encode new ones."""
+
+    config: Path
+    weights: Path
+    classes: list[str]
+    class_template: str
+    clip: dict[str, Any]  # the CLIP identity the class embeddings were made with
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's detections above the score threshold, as its json holds them."""
+
+    image: Path
+    json_path: Path
+    drawn_path: Path
+    detections: list[dict[str, Any]]  # {"label", "label_id", "score", "bbox": [x1, y1, x2, y2]}
+
+
+def open_model(source: Path, checkpoint: str = "best") -> Model:
+    """The model of a bundle directory (`clipgap export`), or of a run directory's checkpoint
+    (`best`, `last` or a file)."""
+    source = Path(source)
+    if (source / INFO).is_file():
+        bundle = load_bundle(source)
+        info = bundle.info
+        return Model(bundle.config, bundle.weights, bundle.classes, info["class_template"], info["clip"])
+    if (source / MANIFEST).is_file():
+        run = Run.open(source)
+        text = load_text_embeddings(run)
+        weights = find_checkpoint(run, checkpoint)
+        return Model(run_config(run), weights.path, list(text.class_names), text.class_template, text.clip)
+    if not source.exists():
+        raise ClipgapError(f"{source} does not exist; give a bundle (clipgap export) or a run directory")
+    raise ClipgapError(f"{source} is neither a clipgap bundle ({INFO}) nor a run directory ({MANIFEST})")
+
+
+def parse_classes(classes: str) -> list[str]:
+    """`"car, bus,tram"` -> `["car", "bus", "tram"]`; refuses an empty list, name or repeat."""
+    names = [name.strip() for name in classes.split(",")]
+    if not any(names):
+        raise ClipgapError('--classes is empty; give class names separated by commas, e.g. "car,bus,tram"')
+    if not all(names):
+        raise ClipgapError(f"--classes {classes!r} has an empty class name; separate names by single commas")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ClipgapError(f"--classes names {', '.join(repeated)} more than once; name each class once")
+    return names
+
+
+def find_images(paths: Sequence[Path]) -> list[Path]:
+    """The images to detect on: the files given, and the image files of the directories given,
+    each checked to be an image that can be read; their names must differ (outputs are named
+    after them)."""
+    images = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise ClipgapError(f"{path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            images += found
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise ClipgapError(f"image {path} does not exist")
+    for image in images:
+        try:
+            with Image.open(image) as opened:
+                opened.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise ClipgapError(
+                f"{image} is not an image that can be read (JPEG, PNG, BMP, TIFF, WebP)"
+            ) from None
+    stems: dict[str, Path] = {}
+    for image in images:
+        if image.stem in stems:
+            raise ClipgapError(
+                f"{stems[image.stem]} and {image} would write the same outputs ({image.stem}.json); "
+                "rename one or predict them separately"
+            )
+        stems[image.stem] = image
+    return images
+
+
+def class_embeddings(model: Model, names: Sequence[str], pretrained: Path | None = None) -> torch.Tensor:
+    """(K', D) text embeddings of new class names, prompted and encoded as the model's own
+    classes were: the same template, the same CLIP model."""
+    clip, loaded = load_run_clip(model.clip, pretrained)
+    if loaded != model.clip:
+        raise ClipgapError(
+            f"--pretrained is CLIP {describe_clip(loaded)}, but the model's classes were encoded with "
+            f"{describe_clip(model.clip)}; pass the same weights file"
+        )
+    prompts = [model.class_template.format(name) for name in names]
+    return encode_texts(clip, tokenize(model.clip["model"], prompts))
+
+
+def predict(
+    source: Path,
+    images: Sequence[Path],
+    out: Path,
+    *,
+    classes: Sequence[str] | None = None,
+    score_thr: float = 0.3,
+    checkpoint: str = "best",
+    pretrained: Path | None = None,
+    device: str = "cpu",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[Prediction]:
+    """Detect on `images` and write, per image, `<out>/<stem>.json` (detections with a score of
+    at least `score_thr`, boxes in image pixels) and the image with those boxes drawn
+    (`<out>/<name>`). With `classes`, the text classifier detects those names instead of the
+    trained classes; box regression comes from the nearest trained class."""
+    from mmdet.apis import inference_detector
+
+    if not 0 <= score_thr <= 1:
+        raise ClipgapError(f"--score-thr must be in [0, 1], got {score_thr}")
+    model = open_model(source, checkpoint)
+    files = find_images(images)
+    names = list(classes) if classes is not None else model.classes
+    vocabulary = class_embeddings(model, names, pretrained) if classes is not None else None
+    cfg = Config.fromfile(str(model.config))
+    _lower_score_thr(cfg.model.get("test_cfg"), score_thr)
+    detector, _ = build_detector(cfg, model.weights, device)
+    if vocabulary is not None:
+        _set_vocabulary(detector, vocabulary)
+    detector.dataset_meta = {**detector.dataset_meta, "classes": tuple(names)}
+    visualizer = _visualizer(detector.dataset_meta)
+
+    out = Path(out)
+    if any(image.parent.resolve() == out.resolve() for image in files):
+        raise ClipgapError(f"--out {out} holds the images themselves; the drawn images would replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    predictions = []
+    for done, image in enumerate(files, 1):
+        with torch.no_grad():
+            try:
+                sample = inference_detector(detector, str(image))
+            except Exception as err:  # the decoder's own error on a file PIL could parse
+                raise ClipgapError(f"cannot read image {image}: {type(err).__name__}: {err}") from None
+        predictions.append(_write(out, image, sample, names, score_thr, visualizer))
+        if on_progress:
+            on_progress(done, len(files))
+    return predictions
+
+
+def _lower_score_thr(test_cfg: Any, score_thr: float) -> None:
+    """Let the detector keep detections down to `score_thr` where its own threshold is higher
+    (the stock 0.05); NMS is per class, so the detections it kept stay as they were."""
+    if isinstance(test_cfg, dict):
+        for key, value in test_cfg.items():
+            if key == "score_thr" and isinstance(value, float | int) and value > score_thr:
+                test_cfg[key] = score_thr
+            else:
+                _lower_score_thr(value, score_thr)
+
+
+def _set_vocabulary(detector: torch.nn.Module, vocabulary: torch.Tensor) -> None:
+    heads = [m for m in detector.modules() if callable(getattr(m, "set_vocabulary", None))]
+    if not heads:
+        raise ClipgapError("this detector has no text classifier, so it cannot take new class names")
+    try:
+        for head in heads:
+            head.set_vocabulary(vocabulary)
+    except ValueError as err:
+        raise ClipgapError(f"cannot use new class names with this model: {err}") from None
+
+
+def _visualizer(dataset_meta: dict):
+    from mmdet.registry import VISUALIZERS
+
+    # mmengine keeps visualizers by name for the whole process: a fresh name each call.
+    visualizer = VISUALIZERS.build(
+        dict(type="DetLocalVisualizer", name=f"clipgap_predict_{uuid.uuid4().hex}")
+    )
+    visualizer.dataset_meta = dataset_meta
+    return visualizer
+
+
+def _write(out: Path, image: Path, sample, names: Sequence[str], score_thr: float, visualizer) -> Prediction:
+    import mmcv
+
+    pred = sample.pred_instances
+    keep = pred.scores >= score_thr
+    boxes, scores, labels = (t[keep].cpu() for t in (pred.bboxes, pred.scores, pred.labels))
+    detections = [
+        {"label": names[label], "label_id": label, "score": score, "bbox": box}
+        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True)
+    ]
+    height, width = sample.metainfo["ori_shape"]
+    record = {
+        "image": str(image),
+        "width": width,
+        "height": height,
+        "classes": list(names),
+        "score_thr": score_thr,
+        "detections": detections,
+    }
+    json_path, drawn_path = out / f"{image.stem}.json", out / image.name
+    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"))
+    with warnings.catch_warnings():
+        # mmengine warns for each box that touches the image border; the boxes are the model's.
+        warnings.filterwarnings("ignore", message=".*out of bounds", category=UserWarning)
+        visualizer.add_datasample(
+            image.stem,
+            mmcv.imread(str(image), channel_order="rgb"),
+            sample,
+            draw_gt=False,
+            pred_score_thr=score_thr,
+        )
+    drawn = visualizer.get_image()
+    atomic_write(drawn_path, lambda tmp: mmcv.imwrite(mmcv.rgb2bgr(drawn), str(tmp)))
+    return Prediction(image, json_path, drawn_path, detections)
