@@ -110,7 +110,8 @@ DEMO_TRAIN_ITERS = 200
 @nox.session
 def demo(session: nox.Session) -> None:
     """The quick start: a synthetic benchmark, prompts from the tiny CLIP, augmentations, CPU
-    trainings with and without them, and the evaluation of every domain, in a fresh runs/demo."""
+    trainings with and without them, the evaluation of every domain, an exported bundle and
+    its predictions, in a fresh runs/demo."""
     install_stack(session, "test")
     shutil.rmtree(DEMO_DIR, ignore_errors=True)  # a fresh run every time: stages refuse to overwrite
     data, run = DEMO_DIR / "data", DEMO_DIR / "run"
@@ -136,4 +137,17 @@ def demo(session: nox.Session) -> None:
     evaluate = ("evaluate", "--data", data, "--domain", "all", "--device", "cpu")
     clipgap(*evaluate, "--run", baseline)
     clipgap(*evaluate, "--run", run, "--compare", baseline)
+    bundle, night_rainy = DEMO_DIR / "bundle", data / "voc" / "night_rainy" / "VOC2007" / "JPEGImages"
+    clipgap("export", "--run", run, "--out", bundle)
+    clipgap(
+        "predict",
+        bundle,
+        night_rainy,
+        "--out",
+        DEMO_DIR / "predictions",
+        "--score-thr",
+        0.1,
+        "--device",
+        "cpu",
+    )
     session.log(f"run directories: {run.resolve()}, without augmentation {baseline.resolve()}")
