@@ -601,7 +601,7 @@ def predict_command(
     device: DeviceOption = None,
 ) -> None:
     """Detect objects on images: writes OUT/<image name> with the boxes drawn and
-    OUT/<image stem>.json (label, score, box [x1, y1, x2, y2] in pixels), and prints a table.
+    OUT/<image stem>.json (label, score, box corners x1, y1, x2, y2 in pixels), and prints a table.
 
     --checkpoint applies to a run directory; a bundle has one set of weights.
     """

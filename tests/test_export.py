@@ -115,6 +115,14 @@ def test_export_of_an_untrained_run_is_refused(tiny_run, tmp_path):
     assert not (tmp_path / "model").exists()
 
 
+def test_export_of_a_file_that_is_no_checkpoint_is_refused(trained_run, tmp_path):
+    fake = tmp_path / "weights.pth"
+    fake.write_text("not weights")
+    result = invoke("export", "--run", trained_run, "--out", tmp_path / "model", "--checkpoint", fake)
+    assert_one_line_error(result, str(fake), "is not a checkpoint")
+    assert sorted(os.listdir(tmp_path)) == ["weights.pth"]
+
+
 def test_predict_draws_and_writes_json(bundle, images, tmp_path):
     out = tmp_path / "out"
     result = invoke("predict", bundle, *images, "--out", out, "--score-thr", "0")

@@ -199,17 +199,32 @@ def run_config(run: Run) -> Path:
 
 
 def build_detector(config: Path | Config, checkpoint: Path, device: str):
-    """The detector of a config (file or loaded) with a checkpoint's weights, in eval mode, and the config."""
+    """The detector of a config (a file or loaded) with a checkpoint's weights, in eval mode;
+    and the config."""
     from mmdet.apis import init_detector
 
     cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
     try:
         model = init_detector(cfg, str(checkpoint), device=device)
-    except (RuntimeError, KeyError) as err:
+    # Many types, for a file that is not a checkpoint (unpickling) or not this detector's (shapes).
+    except Exception as err:
         raise ClipgapError(
-            f"cannot load checkpoint {checkpoint} into the detector of {cfg.filename}: {err}"
+            f"cannot load checkpoint {checkpoint} into the detector of {cfg.filename}: "
+            f"{type(err).__name__}: {err}"
         ) from None
     return model, cfg
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """An mmengine checkpoint file's content (`state_dict`, `meta`, ...), refused with one line
+    if the file is not one."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # the user's own file
+    except Exception as err:  # unpickling raises many types on a file that is not a checkpoint
+        raise ClipgapError(f"{path} is not a checkpoint: {type(err).__name__}: {err}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ClipgapError(f"{path} is not an MMDetection checkpoint: it has no state_dict")
+    return checkpoint
 
 
 def _infer(

@@ -32,7 +32,7 @@ from mmengine.config import Config
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import Run, describe_clip, sha256_of
 from clipgap_cli.stages.encode_prompts import load_text_embeddings
-from clipgap_cli.stages.evaluate import find_checkpoint, run_config
+from clipgap_cli.stages.evaluate import find_checkpoint, read_checkpoint, run_config
 from clipgap_cli.versions import stack_versions
 
 BUNDLE_FORMAT = 1
@@ -81,7 +81,7 @@ def export(run_path: Path, out: Path, checkpoint: str = "best", *, force: bool =
         what = "a file" if not out.is_dir() else "not empty"
         raise ClipgapError(f"--out {out} is {what}; choose a new directory, or pass --force to replace it")
 
-    saved = torch.load(weights.path, map_location="cpu", weights_only=False)
+    saved = read_checkpoint(weights.path)
     state_dict = saved["state_dict"]
     classes = list(text.class_names)
     config_text = bundle_config(cfg, state_dict, classes)
@@ -94,7 +94,7 @@ def export(run_path: Path, out: Path, checkpoint: str = "best", *, force: bool =
         "checkpoint": {
             "name": weights.path.name,
             "sha256": weights.sha256,
-            "iter": saved["meta"].get("iter"),
+            "iter": saved.get("meta", {}).get("iter"),
         },
         "versions": stack_versions(),
     }
@@ -104,7 +104,7 @@ def export(run_path: Path, out: Path, checkpoint: str = "best", *, force: bool =
     staging.mkdir()  # with the umask's mode, as the bundle directory should have
     try:
         (staging / CONFIG).write_text(config_text, encoding="utf-8")
-        meta = {"dataset_meta": {"classes": classes}, "iter": saved["meta"].get("iter")}
+        meta = {"dataset_meta": {"classes": classes}, "iter": saved.get("meta", {}).get("iter")}
         torch.save({"meta": meta, "state_dict": state_dict}, staging / WEIGHTS)
         _check_loads(staging)
         info["files"] = {name: sha256_of(staging / name) for name in (CONFIG, WEIGHTS)}
