@@ -116,9 +116,8 @@ def compose_config(
     clip_cfg = dict(
         name=identity["model"], pretrained=str(pretrained) if pretrained else identity["pretrained"]
     )
-    fill = _fill_gridclip if cfg.model.get("type") == "GridCLIP" else _fill_faster_rcnn
     try:
-        fill(cfg.model, clip_cfg, dims, len(text.class_names), str(run.path(TEXT_EMBEDDINGS).resolve()))
+        fill_model(cfg.model, clip_cfg, dims, len(text.class_names), str(run.path(TEXT_EMBEDDINGS).resolve()))
     except (AttributeError, KeyError, TypeError) as err:
         raise ClipgapError(
             f"cannot complete config {config}: its model is neither clipgap's C4 Faster R-CNN nor GridCLIP "
@@ -178,8 +177,18 @@ def _augmentation(model: Config) -> Config | None:
     return None
 
 
+def fill_model(
+    m: Config, clip: dict, dims: VisualDims, num_classes: int, class_embeddings: str | list
+) -> None:
+    """Complete a detector config for CLIP `clip` (its `dims`) and `num_classes` classes whose
+    text embeddings are `class_embeddings` (a file or (K, D) lists); raises AttributeError or
+    KeyError on a config that has not the parts of one of clipgap's detectors."""
+    fill = _fill_gridclip if m.get("type") == "GridCLIP" else _fill_faster_rcnn
+    fill(m, clip, dims, num_classes, class_embeddings)
+
+
 def _fill_faster_rcnn(
-    m: Config, clip: dict, dims: VisualDims, num_classes: int, class_embeddings: str
+    m: Config, clip: dict, dims: VisualDims, num_classes: int, class_embeddings: str | list
 ) -> None:
     """CLIP the Gap's C4 Faster R-CNN: both CLIP parts, the RoI size, C3 / C4 / D, the classes."""
     m.backbone.clip = clip
@@ -192,7 +201,9 @@ def _fill_faster_rcnn(
     head.class_embeddings = class_embeddings
 
 
-def _fill_gridclip(m: Config, clip: dict, dims: VisualDims, num_classes: int, class_embeddings: str) -> None:
+def _fill_gridclip(
+    m: Config, clip: dict, dims: VisualDims, num_classes: int, class_embeddings: str | list
+) -> None:
     """GridCLIP: the backbone's and the image-level teacher's CLIP, the FPN's inputs (C2, C3, D),
     D, the classes."""
     m.backbone.clip = clip
