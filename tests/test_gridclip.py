@@ -347,3 +347,20 @@ def test_two_cpu_processes_train_gridclip_with_gloo(tiny_run, synth_data):
     assert run.verified(f"{WORK_DIR}/iter_2.pth")
     (log,) = run.path(WORK_DIR).glob("*/*.log")
     assert "GPU number: 2" in log.read_text()
+
+
+@pytest.mark.parametrize(
+    "options, config",
+    [
+        ([], DETECTORS["clipgap"]),
+        (["--detector", "gridclip"], DETECTORS["gridclip"]),
+        (["--detector", "gridclip", "--config", TINY], TINY),
+    ],
+)
+def test_detector_picks_the_default_config_and_config_overrides_it(monkeypatch, tmp_path, options, config):
+    trained = []
+    monkeypatch.setattr("clipgap_cli.cli.train", lambda run, config, data, **kw: trained.append(config) or [])
+    args = ["train", "--run", str(tmp_path), "--data", str(tmp_path), "--device", "cpu", *options]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert trained == [CONFIGS / config]
