@@ -25,7 +25,7 @@ from clipgap_cli.stages.evaluate import ALL, evaluate, stored_evaluation
 from clipgap_cli.stages.export import export
 from clipgap_cli.stages.optimize_augs import optimize_augs
 from clipgap_cli.stages.predict import parse_classes, predict
-from clipgap_cli.stages.train import Launch, parse_cfg_options, resolve_config, train
+from clipgap_cli.stages.train import DETECTORS, Launch, parse_cfg_options, resolve_config, train
 from clipgap_cli.versions import stack_versions
 
 console = Console()
@@ -366,14 +366,24 @@ def optimize_augs_command(
 def train_command(
     run: Annotated[Path, typer.Option("--run", help="The run directory (text embeddings, offsets).")],
     data: DataOption,
-    config: Annotated[
+    detector: Annotated[
         str,
+        typer.Option(
+            "--detector",
+            help="clipgap (CLIP the Gap's C4 Faster R-CNN) or gridclip (GridCLIP's one-stage FCOS): "
+            f"picks that detector's default config ({', '.join(DETECTORS.values())}).",
+        ),
+    ] = "clipgap",
+    config: Annotated[
+        str | None,
         typer.Option(
             "--config",
             help="An MMDetection config file, or a path inside clipgap's mmconfigs/ "
-            "(e.g. clipgap/faster-rcnn_clip-rn101_c4_dwd_no-aug.py, tiny/faster-rcnn_clip-tiny_c4_synth.py).",
+            "(e.g. clipgap/faster-rcnn_clip-rn101_c4_dwd_no-aug.py, tiny/faster-rcnn_clip-tiny_c4_synth.py, "
+            "tiny/gridclip_clip-tiny_fpn_synth.py). Default: --detector's config.",
+            show_default=False,
         ),
-    ] = "clipgap/faster-rcnn_clip-rn101_c4_dwd.py",
+    ] = None,
     gpus: Annotated[
         int,
         typer.Option(
@@ -440,7 +450,7 @@ def train_command(
         ),
     ] = None,
 ) -> None:
-    """Train the CLIP the Gap detector with mmengine's Runner.
+    """Train the CLIP the Gap or the GridCLIP detector with mmengine's Runner.
 
     The config is completed from the run (CLIP model, class text embeddings, semantic
     augmentations) and the dataset (classes, paths); mmengine's work directory is the run's
@@ -449,6 +459,8 @@ def train_command(
     """
     if launcher not in ("none", "slurm"):
         raise ClipgapError(f"--launcher must be none or slurm, not {launcher!r}")
+    if detector not in DETECTORS:
+        raise ClipgapError(f"--detector must be one of {', '.join(DETECTORS)}, not {detector!r}")
     if vis not in ("none", "tensorboard"):
         raise ClipgapError(f"--vis must be none or tensorboard, not {vis!r}")
     # Without --device, one process may fall back to the CPU; several mean one GPU each.
@@ -464,7 +476,7 @@ def train_command(
     )
     checkpoints = train(
         run,
-        resolve_config(config),
+        resolve_config(config or DETECTORS[detector]),
         data,
         launch=launch,
         resume=resume,

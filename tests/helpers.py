@@ -1,4 +1,6 @@
-"""Assertions shared by the CLI tests."""
+"""Assertions and readers shared by the CLI tests."""
+
+import json
 
 
 def assert_one_line_error(result, *fragments):
@@ -10,3 +12,10 @@ def assert_one_line_error(result, *fragments):
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+def logged_losses(work_dir):
+    """The total training loss of each logged iteration of the one training in `work_dir`."""
+    (scalars,) = work_dir.glob("*/vis_data/scalars.json")
+    records = [json.loads(line) for line in scalars.read_text().splitlines()]
+    return [r["loss"] for r in records if "loss" in r]

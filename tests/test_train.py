@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, logged_losses
 from typer.testing import CliRunner
 
 from clipgap_cli.cli import app
@@ -40,12 +40,6 @@ def clipgap(*args, **kwargs):
     """`clipgap ARGS` in a fresh process, as a user runs it."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "clipgap_cli", *map(str, args)], env=env, **kwargs)
-
-
-def logged_losses(work_dir):
-    (scalars,) = work_dir.glob("*/vis_data/scalars.json")
-    records = [json.loads(line) for line in scalars.read_text().splitlines()]
-    return [r["loss"] for r in records if "loss" in r]
 
 
 def test_train_learns_and_records_checkpoints(prepared_run, synth_data):

@@ -65,6 +65,22 @@ def attnpool_token0(attnpool: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return attnpool.c_proj(values.reshape(n, c))
 
 
+def attnpool_dense(attnpool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """attnpool's value and output projections on every cell: layer4 map (N, C4, H, W) -> (N, D, H, W).
+
+    The dense CLIP embedding of GridCLIP (MaskCLIP's reading of attnpool): attnpool's output
+    is c_proj(Σ_t p_t v_proj(x_t + pos_t)), an attention-weighted average of the tokens'
+    projections, since c_proj ∘ v_proj is affine and the weights p_t sum to 1. Projecting
+    each cell alone (no query, no key, no pooling) gives one such embedding per cell. No
+    positional embedding is added: the map is then a 1x1 convolution of layer4, the same for
+    any image size, where the positional embedding fits only image_size/32 cells a side.
+    `attnpool` is open_clip's `AttentionPool2d` or any module with its `v_proj` and `c_proj`.
+    """
+    tokens = x.flatten(2).transpose(1, 2)  # (N, HW, C4)
+    dense = attnpool.c_proj(attnpool.v_proj(tokens))  # (N, HW, D)
+    return dense.transpose(1, 2).reshape(len(x), -1, *x.shape[-2:])
+
+
 @dataclass(frozen=True)
 class VisualDims:
     """The sizes of a ModifiedResNet that the detector and the augmentations depend on."""
@@ -73,6 +89,11 @@ class VisualDims:
     layer4_channels: int  # C4: channels of layer4's output (2048 for RN50/RN101)
     embed_dim: int  # D: CLIP's joint embedding (RN50 1024, RN101 512)
     image_size: int  # CLIP's input size (224 for RN50/RN101)
+
+    @property
+    def layer2_channels(self) -> int:
+        """C2: channels of layer2's output (stride 8); each ResNet stage doubles them."""
+        return self.layer3_channels // 2
 
     @property
     def roi_size(self) -> int:

@@ -90,7 +90,7 @@ class CLIPBBoxHead(BBoxHead):
                 raise ValueError(
                     "CLIPBBoxHead's text classifier needs class_embeddings: a file or (K, D) lists"
                 )
-            embeddings = self._checked(_class_embeddings(class_embeddings), num_classes)
+            embeddings = class_embeddings_of(class_embeddings, embed_dim, num_classes)
             self.register_buffer("class_embeddings", embeddings)  # (K, D)
         # Set by `set_vocabulary`; derived state, so not saved: checkpoints keep the trained classes.
         self.register_buffer("vocabulary", None, persistent=False)  # (K', D)
@@ -130,7 +130,7 @@ class CLIPBBoxHead(BBoxHead):
             self.vocabulary = self.reg_classes = None
             self.num_classes = trained
             return
-        vocabulary = self._checked(_class_embeddings(class_embeddings), count=None)
+        vocabulary = class_embeddings_of(class_embeddings, self.embed_dim, count=None)
         vocabulary = vocabulary.to(self.class_embeddings.device)
         if reg_classes is None:
             reg_classes = (vocabulary @ self.class_embeddings.T).argmax(dim=1)
@@ -140,20 +140,26 @@ class CLIPBBoxHead(BBoxHead):
         self.vocabulary, self.reg_classes = vocabulary, reg_classes
         self.num_classes = len(vocabulary)
 
-    def _checked(self, embeddings: torch.Tensor, count: int | None) -> torch.Tensor:
-        """(K, D) float, L2-normalised, after checking D, and K against `count` unless it is None."""
-        shape = tuple(embeddings.shape)
-        if len(shape) != 2 or shape[1] != self.embed_dim or shape[0] == 0 or count not in (None, shape[0]):
-            expected = f"({'K' if count is None else count}, {self.embed_dim})"
-            raise ValueError(
-                f"the class embeddings must be {expected} (classes x CLIP embedding size), got "
-                f"{shape}: they were made for other classes or another CLIP model"
-            )
-        return F.normalize(embeddings.float(), dim=-1)
-
 
 def _class_embeddings(source: torch.Tensor | Sequence[Sequence[float]] | str | Path) -> torch.Tensor:
     """The (K, D) class embeddings of a text-embeddings artifact file, or given as a tensor or lists."""
     if not isinstance(source, str | Path):
         return torch.as_tensor(source, dtype=torch.float32)
     return read_text_embeddings(Path(source)).classes
+
+
+def class_embeddings_of(
+    source: torch.Tensor | Sequence[Sequence[float]] | str | Path, embed_dim: int, count: int | None
+) -> torch.Tensor:
+    """A text classifier's class embeddings (K, D), float and L2-normalised, from a text-embeddings
+    artifact file or given as a tensor or lists; D checked against `embed_dim`, K against
+    `count` unless it is None."""
+    embeddings = _class_embeddings(source)
+    shape = tuple(embeddings.shape)
+    if len(shape) != 2 or shape[1] != embed_dim or shape[0] == 0 or count not in (None, shape[0]):
+        expected = f"({'K' if count is None else count}, {embed_dim})"
+        raise ValueError(
+            f"the class embeddings must be {expected} (classes x CLIP embedding size), got "
+            f"{shape}: they were made for other classes or another CLIP model"
+        )
+    return F.normalize(embeddings.float(), dim=-1)

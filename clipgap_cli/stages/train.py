@@ -1,5 +1,5 @@
-"""Stage `train`: the CLIP the Gap detector, trained by mmengine's Runner on one CPU, one or
-many GPUs, or many machines.
+"""Stage `train`: the CLIP the Gap or GridCLIP detector, trained by mmengine's Runner on one CPU,
+one or many GPUs, or many machines.
 
 The stage composes an MMDetection config with the run's artifacts (CLIP model, class text
 embeddings, semantic augmentations) and the dataset's paths, keeps mmengine's work directory
@@ -23,7 +23,7 @@ import torch
 from mmengine.config import Config, DictAction
 
 from clipgap_cli.clip.model import load_run_clip
-from clipgap_cli.clip.split import visual_dims
+from clipgap_cli.clip.split import VisualDims, visual_dims
 from clipgap_cli.data.spec import DataSpec, Split, load_spec
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, WORK_DIR, Run, atomic_write
@@ -33,6 +33,11 @@ STAGE = "train"
 CONFIGS = Path(__file__).resolve().parents[2] / "mmconfigs"  # clipgap's configs, beside the package
 CONFIG_NAME = "clipgap_config.py"  # the composed config, in the work directory
 AUGMENTATION = "SemanticAugmentation"
+# `clipgap train --detector`: each detector's default config, inside mmconfigs/.
+DETECTORS = {
+    "clipgap": "clipgap/faster-rcnn_clip-rn101_c4_dwd.py",
+    "gridclip": "gridclip/gridclip_clip-rn101_fpn_dwd.py",
+}
 
 
 @dataclass(frozen=True)
@@ -90,9 +95,9 @@ def compose_config(
     """The config to train with, and the run artifacts it uses; every check before any write.
 
     Fills in what the run and the dataset decide: the CLIP model of the text embeddings and
-    its sizes, the class embeddings, the semantic augmentations (if the config has the
-    augmentation neck), the dataset's classes and paths, the work directory, seed, AMP,
-    launcher. Refuses a mismatch in one sentence.
+    its sizes, the class embeddings, the semantic augmentations (if the config has them: the
+    C4 detector's neck, GridCLIP's backbone), the dataset's classes and paths, the work
+    directory, seed, AMP, launcher. Refuses a mismatch in one sentence.
     """
     try:
         cfg = Config.fromfile(str(config))
@@ -100,8 +105,8 @@ def compose_config(
         raise ClipgapError(f"cannot load config {config}: {type(err).__name__}: {err}") from None
     text = load_text_embeddings(run)
     inputs = [TEXT_EMBEDDINGS]
-    uses_augmentation = cfg.model.get("neck", {}) and cfg.model.neck.get("type") == AUGMENTATION
-    if uses_augmentation:
+    augmentation = _augmentation(cfg.model)
+    if augmentation is not None:
         run.verified(OFFSETS)
         inputs.append(OFFSETS)
     spec = load_run_dataset(data, text)
@@ -111,22 +116,15 @@ def compose_config(
     clip_cfg = dict(
         name=identity["model"], pretrained=str(pretrained) if pretrained else identity["pretrained"]
     )
-
-    m = cfg.model
-    m.backbone.clip = clip_cfg
-    m.roi_head.shared_head.clip = clip_cfg
-    m.roi_head.bbox_roi_extractor.roi_layer.output_size = dims.roi_size
-    m.roi_head.bbox_roi_extractor.out_channels = dims.layer3_channels
-    m.rpn_head.in_channels = m.rpn_head.feat_channels = dims.layer3_channels
-    head = m.roi_head.bbox_head
-    head.in_channels, head.embed_dim, head.num_classes = (
-        dims.layer4_channels,
-        dims.embed_dim,
-        len(text.class_names),
-    )
-    head.class_embeddings = str(run.path(TEXT_EMBEDDINGS).resolve())
-    if uses_augmentation:
-        m.neck.offsets = str(run.path(OFFSETS).resolve())
+    try:
+        fill_model(cfg.model, clip_cfg, dims, len(text.class_names), str(run.path(TEXT_EMBEDDINGS).resolve()))
+    except (AttributeError, KeyError, TypeError) as err:
+        raise ClipgapError(
+            f"cannot complete config {config}: its model is neither clipgap's C4 Faster R-CNN nor GridCLIP "
+            f"({err}); start from a config in mmconfigs/clipgap/ or mmconfigs/gridclip/"
+        ) from None
+    if augmentation is not None:
+        augmentation.offsets = str(run.path(OFFSETS).resolve())
 
     metainfo = dict(classes=tuple(spec.classes))
     source = spec.source.name
@@ -169,6 +167,51 @@ def compose_config(
         "processes": launch.processes,
     }
     return cfg, {"inputs": inputs, "clip": identity, "options": options}
+
+
+def _augmentation(model: Config) -> Config | None:
+    """The config's semantic augmentation: the C4 detector's neck or GridCLIP's backbone part."""
+    for part in (model.get("neck"), model.get("backbone", {}).get("augmentation")):
+        if isinstance(part, dict) and part.get("type") == AUGMENTATION:
+            return part
+    return None
+
+
+def fill_model(
+    m: Config, clip: dict, dims: VisualDims, num_classes: int, class_embeddings: str | list
+) -> None:
+    """Complete a detector config for CLIP `clip` (its `dims`) and `num_classes` classes whose
+    text embeddings are `class_embeddings` (a file or (K, D) lists); raises AttributeError or
+    KeyError on a config that has not the parts of one of clipgap's detectors."""
+    fill = _fill_gridclip if m.get("type") == "GridCLIP" else _fill_faster_rcnn
+    fill(m, clip, dims, num_classes, class_embeddings)
+
+
+def _fill_faster_rcnn(
+    m: Config, clip: dict, dims: VisualDims, num_classes: int, class_embeddings: str | list
+) -> None:
+    """CLIP the Gap's C4 Faster R-CNN: both CLIP parts, the RoI size, C3 / C4 / D, the classes."""
+    m.backbone.clip = clip
+    m.roi_head.shared_head.clip = clip
+    m.roi_head.bbox_roi_extractor.roi_layer.output_size = dims.roi_size
+    m.roi_head.bbox_roi_extractor.out_channels = dims.layer3_channels
+    m.rpn_head.in_channels = m.rpn_head.feat_channels = dims.layer3_channels
+    head = m.roi_head.bbox_head
+    head.in_channels, head.embed_dim, head.num_classes = dims.layer4_channels, dims.embed_dim, num_classes
+    head.class_embeddings = class_embeddings
+
+
+def _fill_gridclip(
+    m: Config, clip: dict, dims: VisualDims, num_classes: int, class_embeddings: str | list
+) -> None:
+    """GridCLIP: the backbone's and the image-level teacher's CLIP, the FPN's inputs (C2, C3, D),
+    D, the classes."""
+    m.backbone.clip = clip
+    if m.get("image_alignment"):
+        m.image_alignment.clip = clip
+    m.neck.in_channels = [dims.layer2_channels, dims.layer3_channels, dims.embed_dim]
+    m.bbox_head.embed_dim, m.bbox_head.num_classes = dims.embed_dim, num_classes
+    m.bbox_head.class_embeddings = class_embeddings
 
 
 def load_run_dataset(data: Path, text: TextEmbeddings) -> DataSpec:
