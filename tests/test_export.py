@@ -20,7 +20,13 @@ from clipgap_cli.stages.optimize_augs import optimize_augs
 from clipgap_cli.stages.predict import predict
 from clipgap_cli.stages.train import Launch, resolve_config, train
 
-TINY = "tiny/faster-rcnn_clip-tiny_c4_synth.py"
+# Per detector: its tiny config (GridCLIP's with the semantic augmentation in its backbone) and
+# its test score threshold, set to 0 so that every image has detections to compare, however
+# weak the few-iteration model.
+DETECTORS = {
+    "clipgap": ("tiny/faster-rcnn_clip-tiny_c4_synth.py", "model.test_cfg.rcnn.score_thr"),
+    "gridclip": ("tiny/gridclip_clip-tiny_fpn_synth_aug.py", "model.test_cfg.score_thr"),
+}
 
 # A fresh interpreter with only MMDetection's API: the bundle must need nothing else.
 DET_INFERENCER = """
@@ -36,26 +42,38 @@ print(json.dumps([{k: getattr(s.pred_instances, k).tolist() for k in ("bboxes", 
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, synth_data):
-    """The tiny detector with semantic augmentation after a few iterations; its test score
-    threshold is 0 so that every image has detections to compare, however weak the model."""
+def trained(tmp_path_factory, synth_data):
+    """`trained(detector)`: a run of that tiny detector, with semantic augmentation, after a
+    few iterations, and its exported bundle; made once per module."""
     from clipgap_cli.clip.prompts import DEFAULT_PROMPTS_FILE, read_prompts
 
-    run = tmp_path_factory.mktemp("export") / "run"
-    encode_prompts(
-        run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-tiny", pretrained=None, class_template="{}"
-    )
-    optimize_augs(run, synth_data, iters=2, crops_per_iter=4)
-    train(run, resolve_config(TINY), synth_data, launch=Launch(device="cpu"), max_iters=10,
-          cfg_options={"model.test_cfg.rcnn.score_thr": 0.0})  # fmt: skip
-    return run
+    made = {}
+
+    def get(detector):
+        if detector not in made:
+            config, score_thr = DETECTORS[detector]
+            root = tmp_path_factory.mktemp(f"export-{detector}")
+            run = root / "run"
+            encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-tiny", pretrained=None,
+                           class_template="{}")  # fmt: skip
+            optimize_augs(run, synth_data, iters=2, crops_per_iter=4)
+            train(run, resolve_config(config), synth_data, launch=Launch(device="cpu"), max_iters=10,
+                  cfg_options={score_thr: 0.0, "train_cfg.val_interval": 10})  # fmt: skip
+            export(run, root / "bundle")
+            made[detector] = run, root / "bundle"
+        return made[detector]
+
+    return get
 
 
-@pytest.fixture(scope="module")
-def bundle(trained_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundles") / "model"
-    export(trained_run, out)
-    return out
+@pytest.fixture
+def trained_run(trained):
+    return trained("clipgap")[0]
+
+
+@pytest.fixture
+def bundle(trained):
+    return trained("clipgap")[1]
 
 
 @pytest.fixture
@@ -67,7 +85,9 @@ def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
-def test_bundle_reproduces_the_run_in_plain_mmdetection(trained_run, bundle, images):
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_bundle_reproduces_the_run_in_plain_mmdetection(trained, detector, images):
+    trained_run, bundle = trained(detector)
     config_text = (bundle / "config.py").read_text()
     assert str(trained_run.resolve()) not in config_text and ".pt'" not in config_text
     assert set(os.listdir(bundle)) == {"config.py", "model.pth", INFO, "README.md"}
@@ -138,7 +158,9 @@ def test_predict_draws_and_writes_json(bundle, images, tmp_path):
         assert image.name in result.stdout  # the table's row
 
 
-def test_predict_with_new_class_names(bundle, trained_run, images, tmp_path):
+@pytest.mark.parametrize("detector", DETECTORS)
+def test_predict_with_new_class_names(trained, detector, images, tmp_path):
+    trained_run, bundle = trained(detector)
     result = invoke("predict", bundle, *images, "--out", tmp_path / "new", "--classes", "car, tram,dog",
                     "--score-thr", "0")  # fmt: skip
     assert result.exit_code == 0, result.output
