@@ -20,6 +20,7 @@ import clipgap_cli.models  # noqa: F401  (registers the components)
 from clipgap_cli.cli import app
 from clipgap_cli.clip.model import load_clip
 from clipgap_cli.clip.split import attnpool_dense, v_a, v_b
+from clipgap_cli.data.spec import load_spec
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.models import GridCLIPBackbone, GridCLIPHead
 from clipgap_cli.models.gridclip import image_alignment_loss, pooled_grid
@@ -257,6 +258,24 @@ def test_the_augmented_config_needs_the_offsets_and_gets_their_path(tiny_run, sy
     optimize_augs(tiny_run, synth_data, iters=1, crops_per_iter=2)
     cfg, used = compose_config(Run.open(tiny_run), CONFIGS / TINY_AUG, synth_data)
     assert cfg.model.backbone.augmentation.offsets.endswith(OFFSETS) and OFFSETS in used["inputs"]
+
+
+def test_the_lvis_config_samples_by_class_rarity_from_the_spec_split(tiny_run, synth_data):
+    from mmdet.registry import DATASETS
+
+    cfg, _ = compose_config(
+        Run.open(tiny_run), CONFIGS / "gridclip" / "gridclip_clip-rn101_fpn_lvis.py", synth_data
+    )
+    wrapper = cfg.train_dataloader.dataset
+    spec = load_spec(synth_data)
+    assert wrapper.type == "ClassBalancedDataset" and wrapper.dataset.ann_file == str(
+        spec.train_split.ann_file
+    )
+    register_all_modules()
+    dataset = DATASETS.build(wrapper)
+    # Every image is repeated at least once; rarer classes' images more often, never fewer.
+    assert len(dataset) >= len(dataset.dataset) > 0
+    assert cfg.model.test_cfg.max_per_img == 300
 
 
 def test_a_config_that_cannot_be_completed_is_refused(tiny_run, synth_data, tmp_path):

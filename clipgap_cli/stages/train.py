@@ -228,7 +228,11 @@ def load_run_dataset(data: Path, text: TextEmbeddings) -> DataSpec:
 
 
 def set_dataset(dataset: Config, split: Split, metainfo: dict) -> None:
-    """Point a dataset config at a split of the spec (absolute paths, no data_root)."""
+    """Point a dataset config at a split of the spec (absolute paths, no data_root); a dataset
+    wrapper (ClassBalancedDataset, RepeatDataset) passes it to the dataset it wraps."""
+    if "dataset" in dataset:
+        set_dataset(dataset.dataset, split, metainfo)
+        return
     dataset.data_root = ""
     dataset.ann_file = str(split.ann_file)
     dataset.data_prefix = dict(img=f"{split.image_dir}/")

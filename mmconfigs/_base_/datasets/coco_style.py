@@ -1,7 +1,8 @@
 # A COCO-format dataset of one domain (COCO, LVIS v1 or your own; docs/data.md): its
 # clipgap-data.json names the classes and the train and evaluation splits, and clipgap's stages
 # replace `ann_file`, `data_prefix` and the classes of each dataset below with them (the
-# paths here are placeholders). LVIS's json is COCO-format; load it as such.
+# paths here are placeholders). LVIS v1's json loads as COCO-format once each image has a
+# `file_name` (docs/data.md).
 # Protocol: mmdet's COCO one: short side 800 (long side at most 1333), horizontal flip, COCO AP.
 dataset_type = "CocoDataset"
 data_root = "data/coco/"
