@@ -99,12 +99,12 @@ def export(run_path: Path, out: Path, checkpoint: str = "best", *, force: bool =
         "versions": stack_versions(),
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
-    staging.mkdir()  # with the umask's mode, as the bundle directory should have
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()  # with the umask's mode, as the bundle directory should have
         (staging / CONFIG).write_text(config_text, encoding="utf-8")
-        meta = {"dataset_meta": {"classes": classes}, "iter": saved.get("meta", {}).get("iter")}
+        meta = {"dataset_meta": {"classes": classes}, "iter": info["checkpoint"]["iter"]}
         torch.save({"meta": meta, "state_dict": state_dict}, staging / WEIGHTS)
         _check_loads(staging)
         info["files"] = {name: sha256_of(staging / name) for name in (CONFIG, WEIGHTS)}
@@ -114,6 +114,8 @@ def export(run_path: Path, out: Path, checkpoint: str = "best", *, force: bool =
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
         _replace_dir(staging, out)
+    except OSError as err:
+        raise ClipgapError(f"cannot write the bundle {out}: {err.strerror or err}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Bundle(out, info)

@@ -160,7 +160,10 @@ def predict(
     out = Path(out)
     if any(image.parent.resolve() == out.resolve() for image in files):
         raise ClipgapError(f"--out {out} holds the images themselves; the drawn images would replace them")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ClipgapError(f"cannot make the output directory {out}: {err.strerror or err}") from None
     predictions = []
     for done, image in enumerate(files, 1):
         with torch.no_grad():
