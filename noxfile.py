@@ -139,15 +139,6 @@ def demo(session: nox.Session) -> None:
     clipgap(*evaluate, "--run", run, "--compare", baseline)
     bundle, night_rainy = DEMO_DIR / "bundle", data / "voc" / "night_rainy" / "VOC2007" / "JPEGImages"
     clipgap("export", "--run", run, "--out", bundle)
-    clipgap(
-        "predict",
-        bundle,
-        night_rainy,
-        "--out",
-        DEMO_DIR / "predictions",
-        "--score-thr",
-        0.1,
-        "--device",
-        "cpu",
-    )
+    predictions = DEMO_DIR / "predictions"
+    clipgap("predict", bundle, night_rainy, "--out", predictions, "--score-thr", 0.5, "--device", "cpu")
     session.log(f"run directories: {run.resolve()}, without augmentation {baseline.resolve()}")
