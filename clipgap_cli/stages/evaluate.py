@@ -205,7 +205,9 @@ def build_detector(config: Path | Config, checkpoint: Path, device: str):
 
     cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
     try:
-        model = init_detector(cfg, str(checkpoint), device=device)
+        # mmengine prints the checkpoint loader's name ("Loads checkpoint by ...") on stdout.
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = init_detector(cfg, str(checkpoint), device=device)
     # Many types, for a file that is not a checkpoint (unpickling) or not this detector's (shapes).
     except Exception as err:
         raise ClipgapError(
