@@ -8,10 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
 from clipgap_cli.cli import app
+from clipgap_cli.models.config_tensors import decode_tensor, encode_tensor
 from clipgap_cli.rundir import Run
 from clipgap_cli.stages.encode_prompts import encode_prompts
 from clipgap_cli.stages.evaluate import build_detector, find_checkpoint, run_config
@@ -113,6 +115,16 @@ def test_bundle_reproduces_the_run_in_plain_mmdetection(trained, detector, image
         np.testing.assert_allclose(theirs["bboxes"], ours.bboxes.numpy(), atol=1e-4, rtol=0)
         np.testing.assert_allclose(theirs["scores"], ours.scores.numpy(), atol=1e-5, rtol=0)
         assert theirs["labels"] == ours.labels.tolist()
+
+
+def test_tensors_in_a_config_read_back_bit_for_bit():
+    values = torch.randn(7, 64) * torch.logspace(-30, 30, 64)  # tiny and huge magnitudes too
+    encoded = encode_tensor(values)
+    assert set(encoded) == {"float32_base64", "shape"} and encoded["shape"] == [7, 64]
+    assert torch.equal(decode_tensor(encoded), values)
+    assert torch.equal(decode_tensor(values.tolist()), values)
+    with pytest.raises(ValueError, match="holds 448 values"):
+        decode_tensor({**encoded, "shape": [7, 65]})
 
 
 def test_export_never_overwrites_by_accident(trained_run, tmp_path):

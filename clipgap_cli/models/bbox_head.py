@@ -12,6 +12,7 @@ from mmdet.registry import MODELS
 from torch import nn
 
 from clipgap_cli.models.clip_resnet import ClipRoIFeatures
+from clipgap_cli.models.config_tensors import decode_tensor
 from clipgap_cli.stages.encode_prompts import read_text_embeddings
 
 CLASSIFIERS = ("text", "linear")
@@ -38,9 +39,10 @@ class CLIPBBoxHead(BBoxHead):
         classifier: 'text' or 'linear'.
         class_embeddings: the text classifier's (K, D) class embeddings: the text-embeddings
             artifact of `clipgap encode-prompts` (`prompts/text_embeddings.pt`, its `classes`),
-            or the embeddings themselves as nested lists (a config that needs no run
-            directory). L2-normalised and kept as the frozen buffer `class_embeddings`,
-            saved in checkpoints. Not used by the linear classifier.
+            or the embeddings themselves as nested lists or an `encode_tensor` dict (a config
+            that needs no run directory, as `clipgap export` writes). L2-normalised and kept
+            as the frozen buffer `class_embeddings`, saved in checkpoints. Not used by the
+            linear classifier.
         logit_scale: the cosine's fixed scale (the reference: 100).
 
     `forward(x: ClipRoIFeatures)` -> `(cls_score (R, K + 1), bbox_pred (R, 4K))`.
@@ -53,7 +55,7 @@ class CLIPBBoxHead(BBoxHead):
         in_channels: int,
         embed_dim: int,
         classifier: str = "text",
-        class_embeddings: str | Path | Sequence[Sequence[float]] | None = None,
+        class_embeddings: str | Path | Sequence[Sequence[float]] | dict | None = None,
         logit_scale: float = 100.0,
         bbox_coder: dict | None = None,
         loss_cls: dict | None = None,
@@ -141,10 +143,11 @@ class CLIPBBoxHead(BBoxHead):
         self.num_classes = len(vocabulary)
 
 
-def _class_embeddings(source: torch.Tensor | Sequence[Sequence[float]] | str | Path) -> torch.Tensor:
-    """The (K, D) class embeddings of a text-embeddings artifact file, or given as a tensor or lists."""
+def _class_embeddings(source: torch.Tensor | Sequence[Sequence[float]] | dict | str | Path) -> torch.Tensor:
+    """The (K, D) class embeddings of a text-embeddings artifact file, or given as a tensor, lists
+    or an `encode_tensor` dict."""
     if not isinstance(source, str | Path):
-        return torch.as_tensor(source, dtype=torch.float32)
+        return decode_tensor(source)
     return read_text_embeddings(Path(source)).classes
 
 

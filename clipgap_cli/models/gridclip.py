@@ -112,7 +112,7 @@ class GridCLIPHead(FCOSHead):
         num_classes: int,
         in_channels: int,
         embed_dim: int,
-        class_embeddings: str | Path | Sequence[Sequence[float]] | None = None,
+        class_embeddings: str | Path | Sequence[Sequence[float]] | dict | None = None,
         temperature: float = 0.07,
         prior_prob: float = 0.01,
         init_cfg: dict | list | None = None,

@@ -9,6 +9,7 @@ import torch
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
+from clipgap_cli.models.config_tensors import decode_tensor
 from clipgap_cli.stages.optimize_augs import read_offsets
 
 
@@ -24,8 +25,9 @@ class SemanticAugmentation(BaseModule):
     The means (M, C) come from exactly one of:
         offsets: the A artifact of `clipgap optimize-augs` (`augs/offsets.pt`), read for
             its `offset_means`;
-        offset_means: the (M, C) means themselves, as nested lists, for a config that needs
-            no run directory (an exported model; the checkpoint holds them too).
+        offset_means: the (M, C) means themselves, as nested lists or an `encode_tensor` dict
+            (as `clipgap export` writes them), for a config that needs no run directory (an
+            exported model; the checkpoint holds them too).
     They are kept as the buffer `offset_means`, saved in checkpoints, never trained.
 
     Args:
@@ -37,7 +39,7 @@ class SemanticAugmentation(BaseModule):
     def __init__(
         self,
         offsets: str | Path | None = None,
-        offset_means: Sequence[Sequence[float]] | None = None,
+        offset_means: Sequence[Sequence[float]] | dict | None = None,
         prob: float = 0.5,
         init_cfg=None,
     ):
@@ -49,7 +51,7 @@ class SemanticAugmentation(BaseModule):
         means = (
             read_offsets(Path(offsets))["offset_means"]
             if offsets is not None
-            else torch.as_tensor(offset_means)
+            else decode_tensor(offset_means)
         )
         if means.dim() != 2 or len(means) == 0:
             raise ValueError(f"offset_means must be (M, C) with M >= 1, got shape {tuple(means.shape)}")

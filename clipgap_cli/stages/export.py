@@ -3,7 +3,8 @@
 A bundle is a directory of four files:
     config.py    the detector's MMDetection config, with nothing outside the bundle in it: the
                  class text embeddings and the semantic augmentations' means are written in
-                 as lists, and CLIP is built without weights (the checkpoint holds them all);
+                 (exact float32, base64), and CLIP is built without weights (the checkpoint
+                 holds them all);
     model.pth    the trained weights and the class names (`meta.dataset_meta.classes`), no
                  optimiser state;
     bundle.json  the bundle format, the classes, the class prompt template, the CLIP model
@@ -30,6 +31,7 @@ import torch
 from mmengine.config import Config
 
 from clipgap_cli.errors import ClipgapError
+from clipgap_cli.models.config_tensors import encode_tensor
 from clipgap_cli.rundir import Run, describe_clip, sha256_of
 from clipgap_cli.stages.encode_prompts import load_text_embeddings
 from clipgap_cli.stages.evaluate import find_checkpoint, read_checkpoint, run_config
@@ -155,7 +157,8 @@ def bundle_config(cfg: Config, state_dict: dict[str, torch.Tensor], classes: lis
     replaced by the values the trained model holds (its buffers `<module>.class_embeddings`
     and `<module>.offset_means`; the config's nesting is the model's), every CLIP is built
     without weights (the checkpoint holds them), and the test data keeps its pipeline and
-    classes but no paths. Written with `repr`, so the floats read back exactly.
+    classes but no paths. The tensors are written as `encode_tensor` text, which reads back
+    bit for bit.
     """
     model = _self_contained(cfg.model.to_dict(), "", state_dict)
     dataset = cfg.test_dataloader.dataset
@@ -176,7 +179,7 @@ def bundle_config(cfg: Config, state_dict: dict[str, torch.Tensor], classes: lis
     header = (
         "# A clipgap bundle's detector: run it with mmdet.apis.DetInferencer(model='config.py', "
         "weights='model.pth')\n# wherever clipgap is installed. Written by `clipgap export`; "
-        "the lists are the trained model's values.\n\n"
+        "the encoded tensors are the trained model's values.\n\n"
     )
     body = "\n".join(
         f"{key} = {pprint.pformat(_plain(value), width=110, compact=True, sort_dicts=False)}"
@@ -198,7 +201,7 @@ def _self_contained(node: Any, prefix: str, state_dict: dict[str, torch.Tensor])
         elif key == "class_embeddings" and isinstance(value, str):
             # None where the component keeps no embeddings (the linear classifier ignores them).
             buffer = state_dict.get(f"{prefix}class_embeddings")
-            value = None if buffer is None else buffer.tolist()
+            value = None if buffer is None else encode_tensor(buffer)
         elif key == "offsets" and isinstance(value, str):
             buffer = state_dict.get(f"{prefix}offset_means")
             if buffer is None:
@@ -206,7 +209,7 @@ def _self_contained(node: Any, prefix: str, state_dict: dict[str, torch.Tensor])
                     f"the checkpoint has no {prefix}offset_means for the config's offsets; "
                     "it was not trained with this config"
                 )
-            result["offset_means"] = buffer.tolist()
+            result["offset_means"] = encode_tensor(buffer)
             value = None
         result[key] = _self_contained(value, f"{prefix}{key}.", state_dict)
     return result
