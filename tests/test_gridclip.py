@@ -23,7 +23,7 @@ from clipgap_cli.clip.split import attnpool_dense, v_a, v_b
 from clipgap_cli.data.spec import load_spec
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.models import GridCLIPBackbone, GridCLIPHead
-from clipgap_cli.models.gridclip import image_alignment_loss, pooled_grid
+from clipgap_cli.models.gridclip import image_alignment_loss, largest_regions, pooled_regions
 from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, WORK_DIR, Run
 from clipgap_cli.stages.encode_prompts import load_text_embeddings
 from clipgap_cli.stages.optimize_augs import optimize_augs
@@ -79,8 +79,8 @@ def test_with_uniform_attention_attnpool_is_the_mean_of_the_dense_embeddings(vis
     uniform.q_proj.bias.zero_()
     x = layer4_map(visual, None)
     dense = attnpool_dense(visual.attnpool, x)
-    whole = [(x.shape[-2] * 32, x.shape[-1] * 32)] * 2
-    assert torch.allclose(pooled_grid(dense, whole, stride=32), uniform(x), atol=1e-5)
+    whole = [(n, 0, 0, x.shape[-1] * 32, x.shape[-2] * 32) for n in range(len(x))]
+    assert torch.allclose(pooled_regions(dense, whole, stride=32), uniform(x), atol=1e-5)
 
 
 def test_the_backbone_starts_as_clip_and_trains_from_layer2(visual):
@@ -208,12 +208,34 @@ def test_the_teacher_is_loaded_for_the_loss_only_and_gets_no_gradient(visual):
     padded = torch.nn.functional.pad(square, (0, 32, 0, 16))
     with torch.no_grad():
         expected = v_b(visual, v_a(visual, square))
-    assert torch.allclose(model.teacher_embedding(padded, [(side, side)]), expected, atol=1e-5)
+    assert torch.allclose(model.teacher_embedding(padded, [(0, 0, 0, side, side)]), expected, atol=1e-5)
+
+
+def test_regions_align_their_cells_with_the_teachers_embedding_of_their_crop(visual):
+    dense = torch.randn(2, 64, 4, 5, generator=torch.Generator().manual_seed(8))
+    # Cells of 32 px: x 40..100 overlaps columns 1..3, y 0..20 row 0; a 4 px box still has its cell.
+    regions = [(1, 40.0, 0.0, 100.0, 20.0), (0, 70.0, 70.0, 74.0, 74.0)]
+    pooled = pooled_regions(dense, regions, stride=32)
+    assert torch.allclose(pooled[0], dense[1, :, 0:1, 1:4].mean(dim=(1, 2)))
+    assert torch.allclose(pooled[1], dense[0, :, 2, 2])
+
+    model = tiny_model(image_alignment=dict(regions_per_image=1)).train()
+    images, samples = batch()
+    assert largest_regions(samples, 1) == [(0, 10.0, 12.0, 70.0, 90.0), (1, 10.0, 12.0, 70.0, 90.0)]
+    losses = model.loss(images, samples)
+    assert losses["loss_region_alignment"] > 0 and losses["loss_image_alignment"] > 0
+    side = visual.image_size
+    crop = torch.nn.functional.interpolate(images[:1, :, 12:90, 10:70], (side, side), mode="bilinear",
+                                           antialias=True)  # fmt: skip
+    with torch.no_grad():
+        expected = v_b(visual, v_a(visual, crop))
+    assert torch.allclose(model.teacher_embedding(images, [(0, 10.0, 12.0, 70.0, 90.0)]), expected, atol=1e-5)
 
 
 def test_without_image_alignment_there_is_no_such_loss():
-    model = tiny_model(image_alignment=dict(loss_weight=0.0)).train()
-    assert "loss_image_alignment" not in model.loss(*batch())
+    model = tiny_model(image_alignment=dict(loss_weight=0.0, regions_per_image=2)).train()
+    losses = model.loss(*batch())
+    assert "loss_image_alignment" not in losses and "loss_region_alignment" not in losses
 
 
 # -- configs and the stages ----------------------------------------------------------------

@@ -174,9 +174,12 @@ class GridCLIP(FCOS):
     """mmdet's FCOS detector with GridCLIP's image-level alignment loss in training.
 
     Args:
-        image_alignment: `dict(clip=dict(name=..., pretrained=...), loss_weight=1.0)`: the
-            frozen CLIP teacher (the backbone's CLIP model) and the weight of
-            `loss_image_alignment`; None or `loss_weight=0` turns the loss off.
+        image_alignment: `dict(clip=dict(name=..., pretrained=...), loss_weight=1.0,
+            regions_per_image=0)`: the frozen CLIP teacher (the backbone's CLIP model), the
+            weight of `loss_image_alignment` (the whole images), and how many ground-truth
+            regions of each image, the largest, are aligned too (`loss_region_alignment`, same
+            weight: each region's pooled cells against the teacher's embedding of its crop;
+            0, the default, aligns whole images only). None or `loss_weight=0` turns both off.
         the rest: FCOS's.
 
     The teacher is not part of the model: it is loaded (`load_clip`, cached and frozen) the
@@ -189,9 +192,12 @@ class GridCLIP(FCOS):
         super().__init__(backbone=backbone, neck=neck, bbox_head=bbox_head, **kwargs)
         alignment = dict(image_alignment or {})
         self.alignment_weight = float(alignment.get("loss_weight", 1.0)) if alignment else 0.0
+        self.alignment_regions = int(alignment.get("regions_per_image", 0))
         self.teacher_clip = alignment.get("clip")
         if self.alignment_weight and not self.teacher_clip:
             raise ValueError("GridCLIP's image_alignment needs clip=dict(name=..., pretrained=...)")
+        if self.alignment_regions < 0:
+            raise ValueError("GridCLIP's image_alignment.regions_per_image must be 0 or more")
         # A plain attribute, not a submodule: outside the state dict, the optimiser and DDP.
         object.__setattr__(self, "_teacher", None)
 
@@ -199,25 +205,47 @@ class GridCLIP(FCOS):
         features = self.backbone(batch_inputs)
         losses = self.bbox_head.loss(self.neck(features), batch_data_samples)
         if self.alignment_weight:
-            shapes = [sample.metainfo["img_shape"][:2] for sample in batch_data_samples]
-            student = pooled_grid(
-                features[-1], shapes, stride=batch_inputs.shape[-1] // features[-1].shape[-1]
+            dense = features[-1]
+            stride = batch_inputs.shape[-1] // dense.shape[-1]
+            whole = [
+                (n, 0.0, 0.0, float(w), float(h))
+                for n, (h, w) in enumerate(s.metainfo["img_shape"][:2] for s in batch_data_samples)
+            ]
+            losses["loss_image_alignment"] = self.alignment_weight * self.alignment_loss(
+                batch_inputs, dense, whole, stride
             )
-            teacher = self.teacher_embedding(batch_inputs, shapes)
-            losses["loss_image_alignment"] = self.alignment_weight * image_alignment_loss(student, teacher)
+            if self.alignment_regions:
+                regions = largest_regions(batch_data_samples, self.alignment_regions)
+                # Logged at every step: 0 for a batch without boxes.
+                region_loss = (
+                    self.alignment_loss(batch_inputs, dense, regions, stride)
+                    if regions
+                    else dense.new_zeros(())
+                )
+                losses["loss_region_alignment"] = self.alignment_weight * region_loss
         return losses
 
+    def alignment_loss(
+        self, images: torch.Tensor, dense: torch.Tensor, regions: Sequence[Region], stride: int
+    ) -> torch.Tensor:
+        """`image_alignment_loss` between each region's pooled grid (`pooled_regions`) and the
+        teacher's embedding of its crop (`teacher_embedding`)."""
+        student = pooled_regions(dense, regions, stride)
+        return image_alignment_loss(student, self.teacher_embedding(images, regions))
+
     @torch.no_grad()
-    def teacher_embedding(self, images: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
-        """The frozen CLIP image embedding (N, D) of each whole image (its unpadded `shapes` (h, w)
-        of the CLIP-normalised batch (N, 3, H, W)), resized to CLIP's input size."""
+    def teacher_embedding(self, images: torch.Tensor, regions: Sequence[Region]) -> torch.Tensor:
+        """The frozen CLIP image embedding (R, D) of each region's crop of the CLIP-normalised
+        batch (N, 3, H, W), resized to CLIP's input size; a whole image is the region
+        (n, 0, 0, w, h) of its unpadded size."""
         teacher = self._teacher_visual(images.device)
         size = (teacher.image_size, teacher.image_size)  # a ModifiedResNet's input is square
-        resized = torch.cat([
-            F.interpolate(image[None, :, :h, :w], size, mode="bilinear", align_corners=False, antialias=True)
-            for image, (h, w) in zip(images, shapes, strict=True)
-        ])  # fmt: skip
-        return v_b(teacher, v_a(teacher, resized.to(images.dtype)))
+        crops = []
+        for n, x1, y1, x2, y2 in regions:
+            (c0, c1), (r0, r1) = _span(x1, x2, 1, images.shape[-1]), _span(y1, y2, 1, images.shape[-2])
+            crop = images[int(n), None, :, r0:r1, c0:c1]
+            crops.append(F.interpolate(crop, size, mode="bilinear", align_corners=False, antialias=True))
+        return v_b(teacher, v_a(teacher, torch.cat(crops).to(images.dtype)))
 
     def _teacher_visual(self, device: torch.device) -> nn.Module:
         teacher = self._teacher
@@ -229,13 +257,36 @@ class GridCLIP(FCOS):
         return teacher
 
 
-def pooled_grid(dense: torch.Tensor, shapes: Sequence[tuple[int, int]], stride: int) -> torch.Tensor:
-    """The image-level representation: each image's dense embeddings (N, D, h, w) averaged over
-    the cells that cover its unpadded (h, w) pixels (`shapes`, at `stride` pixels a cell) -> (N, D)."""
-    mask = dense.new_zeros(len(dense), 1, *dense.shape[-2:])
-    for n, (h, w) in enumerate(shapes):
-        mask[n, :, : math.ceil(h / stride), : math.ceil(w / stride)] = 1
-    return (dense * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3))
+Region = tuple[int, float, float, float, float]
+"""`(image index n, x1, y1, x2, y2)` in the batch's input pixels."""
+
+
+def largest_regions(samples: Sequence, count: int) -> list[Region]:
+    """The `count` largest ground-truth boxes of each image (fewer if it has fewer)."""
+    regions = []
+    for n, sample in enumerate(samples):
+        boxes = sample.gt_instances.bboxes
+        boxes = getattr(boxes, "tensor", boxes)  # (G, 4), a tensor or mmdet's box type
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        for i in areas.argsort(descending=True)[:count].tolist():
+            regions.append((n, *boxes[i].tolist()))
+    return regions
+
+
+def pooled_regions(dense: torch.Tensor, regions: Sequence[Region], stride: int) -> torch.Tensor:
+    """The grid representation of regions: the mean of the dense embeddings (N, D, h, w) over
+    the cells (of `stride` pixels) each region overlaps, at least one -> (R, D)."""
+    pooled = []
+    for n, x1, y1, x2, y2 in regions:
+        (c0, c1), (r0, r1) = _span(x1, x2, stride, dense.shape[-1]), _span(y1, y2, stride, dense.shape[-2])
+        pooled.append(dense[int(n), :, r0:r1, c0:c1].mean(dim=(1, 2)))
+    return torch.stack(pooled)
+
+
+def _span(start: float, end: float, step: int, limit: int) -> tuple[int, int]:
+    """The cells [first, last) of `step` pixels that [start, end) overlaps, at least one, within `limit`."""
+    first = min(max(int(start // step), 0), limit - 1)
+    return first, max(first + 1, min(limit, math.ceil(end / step)))
 
 
 def image_alignment_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,9 @@ model = dict(
         loss_centerness=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
     ),
     # The frozen teacher is the backbone's CLIP model, loaded only when the loss first needs it.
-    image_alignment=dict(clip=clip, loss_weight=1.0),
+    # regions_per_image=N also aligns each image's N largest ground-truth boxes (their cells
+    # against the teacher's embedding of their crops): N more teacher passes an image.
+    image_alignment=dict(clip=clip, loss_weight=1.0, regions_per_image=0),
     test_cfg=dict(
         nms_pre=1000,
         min_bbox_size=0,
