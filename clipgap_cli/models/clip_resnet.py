@@ -35,6 +35,16 @@ class _CLIPParts(BaseModule):
         self.requires_grad_(True)
         self.norm_eval = norm_eval
 
+    def _freeze(self, frozen_stages: int) -> None:
+        """Freeze (`requires_grad=False`) the stem and layer1..layer_i for `frozen_stages` = i;
+        -1 freezes nothing."""
+        if not -1 <= frozen_stages < len(_STAGES):
+            raise ValueError(f"frozen_stages must be -1..{len(_STAGES) - 1}, got {frozen_stages}")
+        for stage in _STAGES[: frozen_stages + 1]:
+            for name in stage:
+                getattr(self, name).requires_grad_(False)
+        self.frozen_stages = frozen_stages
+
     def train(self, mode: bool = True):
         super().train(mode)
         if mode and self.norm_eval:
@@ -66,13 +76,8 @@ class CLIPResNetBackbone(_CLIPParts):
 
     def __init__(self, clip: Mapping, frozen_stages: int = 2, norm_eval: bool = False, init_cfg=None):
         super().__init__(clip, V_A, norm_eval, init_cfg)
-        if not -1 <= frozen_stages < len(_STAGES):
-            raise ValueError(f"frozen_stages must be -1..{len(_STAGES) - 1}, got {frozen_stages}")
-        self.frozen_stages = frozen_stages
+        self._freeze(frozen_stages)
         self.out_channels = self.dims.layer3_channels
-        for stage in _STAGES[: frozen_stages + 1]:
-            for name in stage:
-                getattr(self, name).requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
         return (v_a(self, x),)

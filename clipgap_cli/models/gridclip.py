@@ -21,7 +21,7 @@ from torch import nn
 from clipgap_cli.clip.model import load_clip
 from clipgap_cli.clip.split import STEM, attnpool_dense, v_a, v_b
 from clipgap_cli.models.bbox_head import class_embeddings_of
-from clipgap_cli.models.clip_resnet import _STAGES, _CLIPParts
+from clipgap_cli.models.clip_resnet import _CLIPParts
 
 DENSE = ("v_proj", "c_proj")  # the parts of attnpool that the dense embeddings use
 
@@ -56,16 +56,11 @@ class GridCLIPBackbone(_CLIPParts):
         init_cfg=None,
     ):
         super().__init__(clip, (*STEM, "layer1", "layer2", "layer3", "layer4"), norm_eval, init_cfg)
-        if not -1 <= frozen_stages < len(_STAGES):
-            raise ValueError(f"frozen_stages must be -1..{len(_STAGES) - 1}, got {frozen_stages}")
         attnpool = load_clip(clip["name"], clip.get("pretrained")).visual.attnpool
         # open_clip's names, so that the state dict reads as CLIP's: attnpool.v_proj.weight.
         self.attnpool = nn.ModuleDict({name: copy.deepcopy(getattr(attnpool, name)) for name in DENSE})
         self.attnpool.requires_grad_(True)
-        for stage in _STAGES[: frozen_stages + 1]:
-            for name in stage:
-                getattr(self, name).requires_grad_(False)
-        self.frozen_stages = frozen_stages
+        self._freeze(frozen_stages)
         self.augmentation = MODELS.build(augmentation) if augmentation else None
         dims = self.dims
         self.out_channels = (dims.layer2_channels, dims.layer3_channels, dims.embed_dim)
