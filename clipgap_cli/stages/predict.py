@@ -140,13 +140,17 @@ def predict(
     """Detect on `images` and write, per image, `<out>/<stem>.json` (detections with a score of
     at least `score_thr`, boxes in image pixels) and the image with those boxes drawn
     (`<out>/<name>`). With `classes`, the text classifier detects those names instead of the
-    trained classes; box regression comes from the nearest trained class."""
+    trained classes (the head's `set_vocabulary`, which also decides their box regression).
+    The images and `out` are checked before the detector is built."""
     from mmdet.apis import inference_detector
 
     if not 0 <= score_thr <= 1:
         raise ClipgapError(f"--score-thr must be in [0, 1], got {score_thr}")
     model = open_model(source, checkpoint)
     files = find_images(images)
+    out = Path(out)
+    if any(image.parent.resolve() == out.resolve() for image in files):
+        raise ClipgapError(f"--out {out} holds the images themselves; the drawn images would replace them")
     names = list(classes) if classes is not None else model.classes
     vocabulary = class_embeddings(model, names, pretrained) if classes is not None else None
     cfg = Config.fromfile(str(model.config))
@@ -157,9 +161,6 @@ def predict(
     detector.dataset_meta = {**detector.dataset_meta, "classes": tuple(names)}
     visualizer = _visualizer(detector.dataset_meta)
 
-    out = Path(out)
-    if any(image.parent.resolve() == out.resolve() for image in files):
-        raise ClipgapError(f"--out {out} holds the images themselves; the drawn images would replace them")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
