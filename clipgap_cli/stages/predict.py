@@ -42,8 +42,6 @@ class Prediction:
     """One image's detections above the score threshold, as its json holds them."""
 
     image: Path
-    json_path: Path
-    drawn_path: Path
     detections: list[dict[str, Any]]  # {"label", "label_id", "score", "bbox": [x1, y1, x2, y2]}
 
 
@@ -244,4 +242,4 @@ def _write(out: Path, image: Path, sample, names: Sequence[str], score_thr: floa
         )
     drawn = visualizer.get_image()
     atomic_write(drawn_path, lambda tmp: mmcv.imwrite(mmcv.rgb2bgr(drawn), str(tmp)))
-    return Prediction(image, json_path, drawn_path, detections)
+    return Prediction(image, detections)
