@@ -40,7 +40,8 @@ def _mmcv_cache_key(session: nox.Session) -> str:
     probe = (
         "import sys, torch; print(f'py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}')"
     )
-    key = session.run("python", "-c", probe, silent=True).strip().splitlines()[-1]
+    # run_install: the probe must run under --install-only too, which skips session.run.
+    key = session.run_install("python", "-c", probe, silent=True).strip().splitlines()[-1]
     if os.environ.get("FORCE_CUDA") == "1":
         arches = os.environ.get("TORCH_CUDA_ARCH_LIST", "auto").replace(";", "_").replace(" ", "_")
         return f"{key}-cuda-{arches}"
@@ -58,7 +59,7 @@ def _install_mmcv(session: nox.Session) -> None:
         with tempfile.TemporaryDirectory(dir=cache) as build_dir:
             # --no-cache-dir: pip's own wheel cache is not keyed on torch and would hand
             # back a wheel built against another torch.
-            session.run(
+            session.run_install(
                 "pip",
                 "wheel",
                 "--no-build-isolation",

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
+from clipgap_cli.clip.cli import clip_app
 from clipgap_cli.clip.model import default_pretrained
 from clipgap_cli.clip.prompts import CLASS_TEMPLATE, DEFAULT_PROMPTS_FILE, SOURCE_PROMPT, read_prompts
 from clipgap_cli.data.cli import data_app
@@ -100,6 +101,7 @@ app = _typer(
 runs_app = _typer("Inspect run directories.")
 app.add_typer(runs_app, name="runs")
 app.add_typer(data_app, name="data")
+app.add_typer(clip_app, name="clip")
 
 
 def _print_version(value: bool) -> None:
@@ -218,14 +220,20 @@ def encode_prompts_command(
         str, typer.Option("--class-template", help="The class prompt; {} stands for the class name.")
     ] = CLASS_TEMPLATE,
     clip: Annotated[
-        str, typer.Option("--clip", help="The open_clip CLIP ResNet: RN50, RN101, RN-tiny, ...")
+        str,
+        typer.Option(
+            "--clip",
+            help="The open_clip CLIP ResNet: RN50, RN101, ..., or clipgap's own RN-synth "
+            "(pretrained on the synthetic benchmark's world) and RN-tiny (random, for tests).",
+        ),
     ] = "RN101",
     pretrained: Annotated[
         str | None,
         typer.Option(
             "--pretrained",
             help="CLIP weights: an open_clip tag (openai, yfcc15m, ...), a local checkpoint file, or none "
-            "for random weights. Default: openai where the model has it (RN50, RN101), else none.",
+            "for random weights. Default: openai where the model has it (RN50, RN101), synth (the weights "
+            "shipped with clipgap) for RN-synth, else none.",
             show_default=False,
         ),
     ] = None,

@@ -76,12 +76,14 @@ def sha256_of(path: Path) -> str:
 
 
 def describe_clip(clip: ClipIdentity | None) -> str:
-    """`RN101 (openai)`, `RN50 (file 3f2a…)` or `unknown CLIP model`."""
+    """`RN101 (openai)`, `RN-synth (synth, sha256 3f2a…)`, `RN50 (file sha256 3f2a…)` or
+    `unknown CLIP model`."""
     if not clip:
         return "unknown CLIP model"
     weights = clip.get("pretrained") or "random weights"
     if clip.get("sha256"):
-        weights = f"file sha256 {clip['sha256'][:12]}"
+        kind = clip.get("pretrained") or "file"
+        weights = f"{kind} sha256 {clip['sha256'][:12]}"
     return f"{clip.get('model')} ({weights})"
 
 

@@ -1,8 +1,9 @@
 """Loading a CLIP ResNet from open_clip by name and weights, and the identity a run records for it.
 
-Weights are an open_clip pretrained tag (`RN101` + `openai`), a local checkpoint file, or
-none. "None" means random weights drawn under a fixed seed, so every stage that loads
-`RN-tiny` without weights, in any process, gets the very same model.
+Weights are an open_clip pretrained tag (`RN101` + `openai`), clipgap's own shipped weights
+(`RN-synth` + `synth`), a local checkpoint file, or none. "None" means random weights drawn
+under a fixed seed, so every stage that loads `RN-tiny` without weights, in any process,
+gets the very same model.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import sha256_of
 
 RANDOM_WEIGHTS_SEED = 0
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+# Weights shipped inside the package, by (model, tag): made by `clipgap clip pretrain`.
+SHIPPED = {("RN-synth", "synth"): WEIGHTS_DIR / "RN-synth.pt"}
+DEFAULT = "default"
+"""`pretrained=DEFAULT`: the model's default weights (`default_pretrained`)."""
 
 # Integer entries of OpenAI's TorchScript archives that are not weights (open_clip drops them too).
 _OPENAI_NON_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
@@ -33,23 +39,28 @@ def resnet_models() -> list[str]:
 
 
 def default_pretrained(name: str) -> str | None:
-    """`openai` for a model that has OpenAI weights (RN50, RN101, ...), else None (random weights)."""
-    return "openai" if "openai" in open_clip.list_pretrained_tags_by_model(name) else None
+    """`openai` for a model that has OpenAI weights (RN50, RN101, ...), `synth` for RN-synth,
+    else None (random weights)."""
+    if "openai" in open_clip.list_pretrained_tags_by_model(name):
+        return "openai"
+    return next((tag for model, tag in SHIPPED if model == name), None)
 
 
 def clip_identity(name: str, pretrained: str | Path | None) -> dict[str, str | None]:
     """What a run records as the CLIP model: `{"model", "pretrained", "sha256"}`.
 
-    A tag gives `{"model": "RN101", "pretrained": "openai", "sha256": None}`; a local file
-    gives `pretrained: None` and the file's sha256, so the same file at another path is the
-    same model; no weights give `pretrained: None, sha256: None`.
+    A tag gives `{"model": "RN101", "pretrained": "openai", "sha256": None}`; shipped weights
+    give their tag and sha256 (`RN-synth`, `synth`, ...); a local file gives `pretrained: None`
+    and the file's sha256, so the same file at another path is the same model; no weights
+    give `pretrained: None, sha256: None`.
     """
     tag, file = _resolve(name, pretrained)
     return {"model": name, "pretrained": tag, "sha256": _sha256(file)}
 
 
-def load_clip(name: str, pretrained: str | Path | None) -> open_clip.CLIP:
-    """The CLIP model `name` with weights `pretrained`: a tag, a checkpoint file, or None / "none".
+def load_clip(name: str, pretrained: str | Path | None = DEFAULT) -> open_clip.CLIP:
+    """The CLIP model `name` with weights `pretrained`: a tag, a checkpoint file, None / "none",
+    or by default the model's default weights (`openai` for RN101, `synth` for RN-synth).
 
     Loaded once per process and shared (the backbone, the RoI head and the stages all ask
     for it), so it comes frozen and in eval mode: copy the parts you train
@@ -65,12 +76,12 @@ def load_run_clip(
     """The CLIP model a run's artifacts were made with (`identity`), and the identity of what
     was loaded, for `Run.check_clip`.
 
-    A tag or random weights are named by the identity itself. A local weights file is not
-    (a run records only its sha256), so it must be passed as `pretrained`.
+    A tag, shipped weights or random weights are named by the identity itself. A local
+    weights file is not (a run records only its sha256), so it must be passed as `pretrained`.
     """
     name = identity["model"]
     if pretrained is None:
-        if identity.get("sha256"):
+        if identity.get("sha256") and not identity.get("pretrained"):
             raise ClipgapError(
                 f"this run's CLIP {name} weights came from a local file (sha256 {identity['sha256'][:12]}); "
                 "pass the same file with --pretrained"
@@ -86,9 +97,7 @@ def _load(name: str, tag: str | None, file: Path | None, sha256: str | None) -> 
         # Random weights come from a fixed seed, in a forked RNG so callers' streams stay put.
         torch.manual_seed(RANDOM_WEIGHTS_SEED)
         try:
-            model = open_clip.create_model(
-                name, pretrained=tag, force_quick_gelu=_quick_gelu(name, tag), require_pretrained=bool(tag)
-            )
+            model = new_model(name, None if file else tag)
         except RuntimeError:
             if tag is None:
                 raise
@@ -103,8 +112,18 @@ def _load(name: str, tag: str | None, file: Path | None, sha256: str | None) -> 
     return model.eval().requires_grad_(False)
 
 
+def new_model(name: str, tag: str | None = None) -> open_clip.CLIP:
+    """A fresh, trainable open_clip model `name`: open_clip's weights `tag`, or random weights
+    from torch's current random state."""
+    with _quiet_open_clip():
+        return open_clip.create_model(
+            name, pretrained=tag, force_quick_gelu=_quick_gelu(name, tag), require_pretrained=bool(tag)
+        )
+
+
 def _resolve(name: str, pretrained: str | Path | None) -> tuple[str | None, Path | None]:
-    """`(tag, None)`, `(None, absolute file)` or `(None, None)`, after checking the model name."""
+    """`(tag, None)`, `(shipped tag, its file)`, `(None, absolute file)` or `(None, None)`, after
+    checking the model name; `pretrained=DEFAULT` is the model's default weights."""
     if name not in open_clip.list_models():
         raise ClipgapError(f"unknown CLIP model {name!r}; choose one of {', '.join(resnet_models())}")
     if not _is_resnet(name):
@@ -112,9 +131,19 @@ def _resolve(name: str, pretrained: str | Path | None) -> tuple[str | None, Path
             f"CLIP model {name!r} is not a ResNet: clipgap splits a ModifiedResNet image encoder "
             f"into V_a and V_b; choose one of {', '.join(resnet_models())}"
         )
+    if isinstance(pretrained, str) and pretrained == DEFAULT:
+        pretrained = default_pretrained(name)
     if pretrained is None or str(pretrained).lower() == "none":
         return None, None
-    tags = open_clip.list_pretrained_tags_by_model(name)
+    shipped = SHIPPED.get((name, str(pretrained)))
+    if shipped is not None:
+        if not shipped.is_file():
+            raise ClipgapError(
+                f"the {pretrained!r} weights of CLIP {name} are missing from the installation ({shipped}); "
+                "reinstall clipgap, or make them with `clipgap clip pretrain`"
+            )
+        return str(pretrained), shipped
+    tags = open_clip.list_pretrained_tags_by_model(name) + [t for m, t in SHIPPED if m == name]
     if str(pretrained) in tags:
         return str(pretrained), None
     file = Path(pretrained).expanduser()

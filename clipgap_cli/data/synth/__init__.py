@@ -1,0 +1,118 @@
+"""The synthetic benchmark: procedurally rendered road scenes in the five Diverse Weather domains.
+
+An image is a road scene (sky, skyline, road, street lamps) with 3 to 7 objects of the seven
+DWD classes (`scene`, `shapes`), lit and photographed as one condition of the grid time of
+day x weather (`looks`), and written as a VOC tree (`writer`). The benchmark's five domains
+are fixed members of the grid; the other conditions are drawn for RN-synth's pretraining
+corpus (`corpus`). Content and look come from separate random streams, so `render_preview`
+shows one scene in every domain. Every stream is a numpy Generator seeded by (seed, domain,
+image, stream): the same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from clipgap_cli.data.convert import DWD_DOMAINS, ConvertReport, convert_voc
+from clipgap_cli.data.synth.looks import CONDITION_LOOKS, CONDITIONS, LOOKS, apply_look
+from clipgap_cli.data.synth.scene import CLASSES, Deck, plan_scene, rng_for
+from clipgap_cli.data.synth.shapes import render_scene
+from clipgap_cli.data.synth.writer import JPEG_QUALITY, write_image, write_splits
+from clipgap_cli.errors import ClipgapError
+
+__all__ = ["CLASSES", "CONDITIONS", "CONDITION_LOOKS", "DOMAINS", "JPEG_QUALITY", "SIZES", "VOC_DIR"]
+__all__ += ["SynthReport", "render_preview", "synthesize"]
+
+DOMAINS = DWD_DOMAINS
+SIZES = (64, 1024)  # the sizes `synthesize` accepts, in pixels
+VOC_DIR = "voc"  # the VOC tree's place inside the output directory
+_PREVIEW = len(DOMAINS)  # the domain key of the preview's random streams
+
+
+@dataclass(frozen=True)
+class SynthReport:
+    """What `synthesize` wrote: the conversion of its VOC tree, and objects per class."""
+
+    convert: ConvertReport
+    counts: dict[str, tuple[int, ...]]  # domain -> number of objects of each class
+
+
+Progress = Callable[[int, int], None]
+"""Called as `progress(images_done, images_total)` while rendering."""
+
+
+def synthesize(
+    out: Path | str,
+    *,
+    seed: int = 0,
+    images_per_domain: int = 200,
+    size: int = 256,
+    progress: Progress | None = None,
+) -> SynthReport:
+    """Render the benchmark into `out`: a Diverse Weather VOC tree, its COCO json and the spec.
+
+    Writes `out/voc/<domain>/VOC2007/{JPEGImages,Annotations,ImageSets/Main/{train,test}.txt}`
+    (square `size` px JPEGs; the first 75% of each domain's images are `train`), then
+    converts that tree with `convert_voc` into `out/annotations/` and `out/clipgap-data.json`.
+    """
+    out = Path(out)
+    _check_arguments(out, seed, images_per_domain, size)
+    voc_root = out / VOC_DIR
+    total, counts = images_per_domain * len(DOMAINS), {}
+    for d, domain in enumerate(DOMAINS):
+        voc = voc_root / domain / "VOC2007"
+        deck = Deck(rng_for(seed, d))
+        per_class = [0] * len(CLASSES)
+        for i in range(images_per_domain):
+            rendered = render_scene(plan_scene(size, deck, (seed, d, i)))
+            pixels = apply_look(LOOKS[domain], rendered, rng_for(seed, d, i, 1))
+            write_image(voc, f"{i:06d}", pixels, rendered.boxes)
+            for label, _ in rendered.boxes:
+                per_class[label] += 1
+            if progress:
+                progress(d * images_per_domain + i + 1, total)
+        counts[domain] = tuple(per_class)
+        write_splits(voc, images_per_domain)
+    return SynthReport(convert_voc(voc_root, out), counts)
+
+
+def render_preview(seed: int = 0, size: int = 256, columns: int = 4) -> Image.Image:
+    """A grid of `columns` scenes (columns), each rendered in the five domains (rows).
+
+    Returned with a 256-colour palette (octree, dithered), which keeps the class colours
+    and makes a PNG a quarter of the size: sensor noise defeats lossless compression.
+    """
+    gap = max(2, size // 64)
+    grid = Image.new("RGB", (columns * (size + gap) - gap, len(DOMAINS) * (size + gap) - gap), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=max(10, size // 14))
+    deck = Deck(rng_for(seed, _PREVIEW))
+    for c in range(columns):
+        rendered = render_scene(plan_scene(size, deck, (seed, _PREVIEW, c)))
+        for d, domain in enumerate(DOMAINS):
+            pixels = apply_look(LOOKS[domain], rendered, rng_for(seed, _PREVIEW, c, d + 1))
+            grid.paste(Image.fromarray(pixels), (c * (size + gap), d * (size + gap)))
+            if c == 0:
+                left, top, right, bottom = draw.textbbox(
+                    (gap * 2, d * (size + gap) + gap * 2), domain, font=font
+                )
+                draw.rectangle([left - gap, top - gap, right + gap, bottom + gap], fill=(0, 0, 0))
+                draw.text((gap * 2, d * (size + gap) + gap * 2), domain, fill=(255, 255, 255), font=font)
+    return grid.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG)
+
+
+def _check_arguments(out: Path, seed: int, images_per_domain: int, size: int) -> None:
+    if out.exists() and not out.is_dir():
+        raise ClipgapError(f"{out} is a file; choose a directory for the synthetic dataset")
+    if seed < 0:
+        raise ClipgapError(f"--seed {seed} is negative; use a seed >= 0")
+    if images_per_domain < 2:
+        raise ClipgapError(
+            f"--images-per-domain {images_per_domain} is too few: each domain needs a train and a test image"
+        )
+    if not SIZES[0] <= size <= SIZES[1]:
+        raise ClipgapError(f"--size {size} is out of range; use {SIZES[0]} to {SIZES[1]} pixels")

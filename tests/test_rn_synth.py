@@ -1,0 +1,194 @@
+"""RN-synth: the grid of conditions, the captioned corpus, pretraining, the shipped weights."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import assert_one_line_error
+from typer.testing import CliRunner
+
+from clipgap_cli.cli import app
+from clipgap_cli.clip.model import SHIPPED, clip_identity, default_pretrained, load_clip
+from clipgap_cli.clip.pretrain import Recipe, contrastive_loss, pretrain
+from clipgap_cli.clip.prompts import (
+    CLASS_TEMPLATE,
+    DEFAULT_PROMPTS_FILE,
+    SOURCE_PROMPT,
+    encode_texts,
+    read_prompts,
+    tokenize,
+)
+from clipgap_cli.clip.zero_shot import zero_shot_report
+from clipgap_cli.data.synth import CLASSES, DOMAINS
+from clipgap_cli.data.synth.corpus import condition_captions, condition_prompt, objects_phrase, render_corpus
+from clipgap_cli.data.synth.looks import CONDITION_LOOKS, CONDITIONS, DOMAIN_CONDITIONS, LOOKS, apply_look
+from clipgap_cli.data.synth.scene import Deck, plan_scene, rng_for
+from clipgap_cli.data.synth.shapes import render_scene
+from clipgap_cli.errors import ClipgapError
+from clipgap_cli.rundir import sha256_of
+
+WEIGHTS = SHIPPED["RN-synth", "synth"]
+
+
+# -- the grid of conditions ------------------------------------------------------------------
+
+
+def test_the_grid_holds_the_benchmark_domains_with_their_looks():
+    assert len(CONDITIONS) == 18 == len(set(CONDITIONS))
+    assert set(DOMAIN_CONDITIONS) == set(DOMAINS)
+    for domain, condition in DOMAIN_CONDITIONS.items():
+        assert CONDITION_LOOKS[condition] is LOOKS[domain]
+
+
+def _all_conditions(size=96):
+    rendered = render_scene(plan_scene(size, Deck(rng_for(5, 0)), (5, 0, 0)))
+    images = {
+        c: apply_look(CONDITION_LOOKS[c], rendered, rng_for(5, 0, 0, i)) for i, c in enumerate(CONDITIONS)
+    }
+    return rendered, images
+
+
+def test_every_condition_renders_a_look_of_its_own():
+    rendered, images = _all_conditions()
+    sky = rendered.scale == 0
+    brightness = {c: float(im.mean()) for c, im in images.items()}
+    for weather in ("clear", "cloudy", "rain", "snow", "fog", "stormy"):
+        assert brightness["night", weather] < brightness["evening", weather] < brightness["day", weather]
+    day = {w: images["day", w].astype(float) for w in ("clear", "cloudy", "snow", "stormy")}
+    # Overcast skies are greyer than the clear blue sky; a storm is darker than clouds.
+    blue = {w: float((im[..., 2] - im[..., 0])[sky].mean()) for w, im in day.items()}
+    assert blue["cloudy"] < blue["clear"] / 2 and blue["stormy"] < blue["clear"] / 2
+    assert brightness["day", "stormy"] < brightness["day", "cloudy"]
+    ground = np.isclose(rendered.scale, rendered.scale.max(axis=1, keepdims=True)) & ~sky
+    assert day["snow"][ground].mean() > day["clear"][ground].mean() + 30  # snow lies on the ground
+    for a in CONDITIONS:
+        for b in CONDITIONS:
+            if a < b:
+                assert np.abs(images[a].astype(float) - images[b].astype(float)).mean() > 2, (a, b)
+
+
+# -- captions and the corpus ------------------------------------------------------------------
+
+
+def test_captions_use_the_prompts_wording():
+    assert condition_prompt(("day", "clear")) == SOURCE_PROMPT
+    wordings = {condition_prompt(c) for c in CONDITIONS}
+    assert set(read_prompts(DEFAULT_PROMPTS_FILE)) <= wordings and len(wordings) == 18
+    assert "a street on a rainy night" in condition_captions(("night", "rain"))
+    car, person, bus = (CLASSES.index(n) for n in ("car", "person", "bus"))
+    assert objects_phrase([car, person, person, bus]) == "a car, two persons and a bus"
+
+
+def test_the_corpus_is_balanced_captioned_and_deterministic():
+    kwargs = dict(seed=3, scenes=9, looks_per_scene=2, render_size=96, image_size=64, crops_per_image=1)
+    samples = render_corpus(**kwargs)
+    scenes = [s for s in samples if s.label is None]
+    assert len(scenes) == 18 and sorted(s.condition for s in scenes) == list(range(18))
+    crops = [s for s in samples if s.label is not None]
+    assert crops and all(f"a photo of a {CLASSES[s.label]}" in s.captions for s in crops)
+    for s in scenes:
+        assert condition_prompt(CONDITIONS[s.condition]) in s.captions
+        assert any(", with " in c for c in s.captions)
+    assert all(s.pixels.shape == (64, 64, 3) and s.pixels.dtype == np.uint8 for s in samples)
+    again = render_corpus(**kwargs)
+    assert all(
+        np.array_equal(a.pixels, b.pixels) and a.captions == b.captions
+        for a, b in zip(samples, again, strict=True)
+    )
+
+
+def test_the_corpus_draws_other_scenes_than_the_benchmark():
+    """Its streams are keyed apart from `data synth`'s (seed, domain, image, stream)."""
+    corpus = render_corpus(
+        seed=0, scenes=2, looks_per_scene=1, render_size=64, image_size=64, crops_per_image=0
+    )
+    benchmark = [
+        render_scene(plan_scene(64, Deck(rng_for(0, d)), (0, d, i))).albedo
+        for d in range(5)
+        for i in range(2)
+    ]
+    for sample in corpus:
+        assert all(np.abs(sample.pixels / 255 - a).mean() > 0.02 for a in benchmark)
+
+
+# -- pretraining ---------------------------------------------------------------------------------
+
+
+def test_distinct_captions_give_clips_loss_and_shared_ones_share_the_target():
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    scale = torch.tensor(2.0)
+    logits = scale.exp() * image @ text.t()
+    clip = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.t(), torch.arange(4))) / 2
+    assert torch.allclose(contrastive_loss(image, text, torch.arange(4), scale), clip)
+    # Samples 0 and 1 have one caption, hence one text embedding: neither is the other's negative.
+    text[1] = text[0]
+    ids = torch.tensor([0, 0, 1, 2])
+    logits = scale.exp() * image @ text.t()
+    hard = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.t(), torch.arange(4))) / 2
+    target = torch.tensor([[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    soft = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    assert torch.allclose(contrastive_loss(image, text, ids, scale), soft) and not torch.allclose(soft, hard)
+
+
+def test_a_short_pretraining_lowers_the_loss_and_loads(tmp_path):
+    out = tmp_path / "clip.pt"
+    recipe = Recipe(scenes=6, looks_per_scene=2, render_size=96, steps=30, batch_size=16, lr=3e-3)
+    result = pretrain(out, recipe)
+    assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5]) - 0.1
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["sha256"] == sha256_of(out) and record["recipe"]["steps"] == 30
+    loaded = load_clip("RN-synth", out)
+    assert torch.equal(loaded.visual.conv1.weight, torch.load(out, weights_only=True)["visual.conv1.weight"])
+    assert not torch.equal(loaded.visual.conv1.weight, load_clip("RN-synth", "none").visual.conv1.weight)
+
+
+def test_pretrain_refuses_bad_options(tmp_path):
+    with pytest.raises(ClipgapError, match="is a directory"):
+        pretrain(tmp_path, Recipe(steps=1))
+    result = CliRunner().invoke(app, ["clip", "pretrain", "--out", str(tmp_path / "x.pt"), "--lr", "0"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+
+
+# -- the shipped weights ------------------------------------------------------------------------
+
+
+def test_rn_synth_defaults_to_its_shipped_weights():
+    assert default_pretrained("RN-synth") == "synth"
+    assert clip_identity("RN-synth", "synth") == {
+        "model": "RN-synth",
+        "pretrained": "synth",
+        "sha256": sha256_of(WEIGHTS),
+    }
+    shipped, random = load_clip("RN-synth"), load_clip("RN-synth", "none")
+    assert shipped is load_clip("RN-synth", "synth") and shipped is not random
+    assert torch.equal(
+        shipped.visual.conv1.weight, torch.load(WEIGHTS, weights_only=True)["visual.conv1.weight"]
+    )
+    assert WEIGHTS.stat().st_size < 21e6
+
+
+def test_rn_synth_class_prompts_are_distinct():
+    model = load_clip("RN-synth")
+    text = encode_texts(model, tokenize("RN-synth", [CLASS_TEMPLATE.format(c) for c in CLASSES]))
+    cosines = text @ text.t()
+    assert cosines[~torch.eye(len(CLASSES), dtype=torch.bool)].max() < 0.9
+
+
+def test_zero_shot_report_on_fresh_renders(tmp_path):
+    report = zero_shot_report("RN-synth", scenes=2)
+    assert report["clip"]["pretrained"] == "synth" and report["images"]["conditions"] == 36
+    assert len(report["direction_agreement"]) == 15
+    assert 0 <= report["class_accuracy"] <= 1
+    result = CliRunner().invoke(app, ["clip", "zero-shot", "--scenes", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "rn-synth-zero-shot.json").read_text())["scenes"] == 1
+    assert "accuracy over the 18 conditions" in (tmp_path / "rn-synth-zero-shot.md").read_text()
+
+
+def test_zero_shot_of_an_unknown_weights_file_is_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["clip", "zero-shot", "--pretrained", str(tmp_path / "missing.pt")])
+    assert_one_line_error(result, "neither a pretrained tag")
