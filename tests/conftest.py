@@ -27,3 +27,15 @@ def tiny_run(tmp_path):
     run = tmp_path / "run"
     encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-tiny", pretrained=None)
     return run
+
+
+@pytest.fixture
+def synth_run(tmp_path):
+    """A run directory with text embeddings of the 15 default prompts and the default class
+    template from RN-synth, clipgap's pretrained CLIP: for the end-to-end runs."""
+    from clipgap_cli.clip.prompts import DEFAULT_PROMPTS_FILE, read_prompts
+    from clipgap_cli.stages.encode_prompts import encode_prompts
+
+    run = tmp_path / "run"
+    encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-synth", pretrained="synth")
+    return run

@@ -141,7 +141,7 @@ def trained_run(tmp_path_factory, synth_data):
     from clipgap_cli.clip.prompts import DEFAULT_PROMPTS_FILE, read_prompts
 
     run = tmp_path_factory.mktemp("evaluate") / "run"
-    encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-tiny", pretrained=None)
+    encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-synth", pretrained="synth")
     optimize_augs(run, synth_data, iters=2, crops_per_iter=4)
     train(run, resolve_config("tiny/faster-rcnn_clip-tiny_c4_synth.py"), synth_data,
           launch=Launch(device="cpu"), max_iters=TRAIN_ITERS)  # fmt: skip

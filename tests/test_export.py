@@ -56,8 +56,7 @@ def trained(tmp_path_factory, synth_data):
             config, score_thr = DETECTORS[detector]
             root = tmp_path_factory.mktemp(f"export-{detector}")
             run = root / "run"
-            encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-tiny", pretrained=None,
-                           class_template="{}")  # fmt: skip
+            encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-synth", pretrained="synth")
             optimize_augs(run, synth_data, iters=2, crops_per_iter=4)
             train(run, resolve_config(config), synth_data, launch=Launch(device="cpu"), max_iters=10,
                   cfg_options={score_thr: 0.0, "train_cfg.val_interval": 10})  # fmt: skip

@@ -99,24 +99,10 @@ def test_the_corpus_is_balanced_captioned_and_deterministic():
     )
 
 
-def test_the_corpus_draws_other_scenes_than_the_benchmark():
-    """Its streams are keyed apart from `data synth`'s (seed, domain, image, stream)."""
-    corpus = render_corpus(
-        seed=0, scenes=2, looks_per_scene=1, render_size=64, image_size=64, crops_per_image=0
-    )
-    benchmark = [
-        render_scene(plan_scene(64, Deck(rng_for(0, d)), (0, d, i))).albedo
-        for d in range(5)
-        for i in range(2)
-    ]
-    for sample in corpus:
-        assert all(np.abs(sample.pixels / 255 - a).mean() > 0.02 for a in benchmark)
-
-
 # -- pretraining ---------------------------------------------------------------------------------
 
 
-def test_distinct_captions_give_clips_loss_and_shared_ones_share_the_target():
+def test_contrastive_loss_is_clips_and_shares_the_target_of_one_caption():
     torch.manual_seed(0)
     image = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
     text = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
@@ -124,14 +110,16 @@ def test_distinct_captions_give_clips_loss_and_shared_ones_share_the_target():
     logits = scale.exp() * image @ text.t()
     clip = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.t(), torch.arange(4))) / 2
     assert torch.allclose(contrastive_loss(image, text, torch.arange(4), scale), clip)
-    # Samples 0 and 1 have one caption, hence one text embedding: neither is the other's negative.
+    # Samples 0 and 1 have one caption, hence one text embedding: the target is shared between
+    # them. With identical embeddings that gives the value of CLIP's own loss too (each row of
+    # the twins' logits is the same), so sharing never changes what the loss asks for.
     text[1] = text[0]
     ids = torch.tensor([0, 0, 1, 2])
     logits = scale.exp() * image @ text.t()
     hard = (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.t(), torch.arange(4))) / 2
     target = torch.tensor([[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
     soft = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
-    assert torch.allclose(contrastive_loss(image, text, ids, scale), soft) and not torch.allclose(soft, hard)
+    assert torch.allclose(contrastive_loss(image, text, ids, scale), soft) and torch.allclose(soft, hard)
 
 
 def test_a_short_pretraining_lowers_the_loss_and_loads(tmp_path):
@@ -150,7 +138,8 @@ def test_pretrain_refuses_bad_options(tmp_path):
     with pytest.raises(ClipgapError, match="is a directory"):
         pretrain(tmp_path, Recipe(steps=1))
     result = CliRunner().invoke(app, ["clip", "pretrain", "--out", str(tmp_path / "x.pt"), "--lr", "0"])
-    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert_one_line_error(result, "--lr 0.0 is out of range")
+    assert not (tmp_path / "x.pt").exists()
 
 
 # -- the shipped weights ------------------------------------------------------------------------

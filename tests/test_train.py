@@ -26,10 +26,10 @@ NO_AUG = CONFIGS / "clipgap" / "faster-rcnn_clip-rn101_c4_dwd_no-aug.py"
 
 
 @pytest.fixture
-def prepared_run(tiny_run, synth_data):
-    """A run with text embeddings and offsets of the tiny CLIP."""
-    optimize_augs(tiny_run, synth_data, iters=2, crops_per_iter=4)
-    return tiny_run
+def prepared_run(synth_run, synth_data):
+    """A run with text embeddings and offsets of RN-synth."""
+    optimize_augs(synth_run, synth_data, iters=2, crops_per_iter=4)
+    return synth_run
 
 
 def train_args(run, data, *extra):

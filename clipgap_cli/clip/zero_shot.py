@@ -130,7 +130,7 @@ def write_report(report: dict, out: Path) -> tuple[Path, Path]:
 
 def render_markdown(report: dict) -> str:
     clip, n = report["clip"], report["images"]
-    weights = clip["pretrained"] or "random weights"
+    weights = clip["pretrained"] or ("file" if clip.get("sha256") else "random weights")
     sha = f", sha256 `{clip['sha256'][:16]}…`" if clip.get("sha256") else ""
     lines = [
         f"# Zero-shot report: {clip['model']} ({weights}{sha})",
