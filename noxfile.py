@@ -6,13 +6,17 @@ cached outside the clone, keyed on Python, torch and the kind of build (CPU or C
 arches). Environment variables:
 
   CLIPGAP_WHEEL_CACHE    where built mmcv wheels are kept (default ~/.cache/clipgap/wheels)
-  FORCE_CUDA=1           build mmcv's CUDA ops too (needs nvcc); set TORCH_CUDA_ARCH_LIST,
-                         e.g. "8.0;9.0", to the GPUs you run on
+  FORCE_CUDA=1           build mmcv's CUDA ops too, with the nvcc on PATH (or in CUDA_HOME) if
+                         it is torch's CUDA release, else PyPI's (tools/cuda_toolchain.py), and
+                         check the result
+  TORCH_CUDA_ARCH_LIST   the GPU architectures to compile for, e.g. "8.0;9.0" (default: those
+                         of the visible GPUs)
   MAX_JOBS               parallel compile jobs (default: the number of CPUs)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -27,6 +31,8 @@ MMCV = "mmcv==2.1.0"
 # mmcv's setup.py imports torch and pkg_resources, so it builds without isolation
 # in an environment that already has both.
 BUILD_TOOLS = ["setuptools<80", "wheel", "ninja", "psutil"]
+# Run inside the session's environment: its decisions need that environment's torch.
+CUDA_TOOLCHAIN = "tools/cuda_toolchain.py"
 
 
 def _install_torch(session: nox.Session) -> None:
@@ -36,25 +42,41 @@ def _install_torch(session: nox.Session) -> None:
         session.install(*TORCH, env={"PIP_FIND_LINKS": no_local_wheels})
 
 
-def _mmcv_cache_key(session: nox.Session) -> str:
+def _mmcv_cache_key(session: nox.Session, cuda_arches: str | None) -> str:
     probe = (
         "import sys, torch; print(f'py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}')"
     )
     key = session.run("python", "-c", probe, silent=True).strip().splitlines()[-1]
-    if os.environ.get("FORCE_CUDA") == "1":
-        arches = os.environ.get("TORCH_CUDA_ARCH_LIST", "auto").replace(";", "_").replace(" ", "_")
+    if cuda_arches is not None:
+        arches = cuda_arches.replace(";", "_").replace(" ", "_")
         return f"{key}-cuda-{arches}"
     return f"{key}-cpu"
 
 
+def _cuda_toolchain(session: nox.Session, command: str) -> dict:
+    out = session.run("python", CUDA_TOOLCHAIN, command, silent=True)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _cuda_build_env(session: nox.Session, cuda: dict) -> dict[str, str]:
+    """Installs PyPI's nvcc if `cuda` (the toolchain's plan) says so; the build's variables."""
+    session.log(cuda["reason"])
+    if cuda["packages"]:
+        session.install(*cuda["packages"])
+    return {**_cuda_toolchain(session, "env"), "TORCH_CUDA_ARCH_LIST": cuda["arch_list"]}
+
+
 def _install_mmcv(session: nox.Session) -> None:
+    cuda = _cuda_toolchain(session, "plan") if os.environ.get("FORCE_CUDA") == "1" else None
     root = Path(os.environ.get("CLIPGAP_WHEEL_CACHE", Path.home() / ".cache" / "clipgap" / "wheels"))
-    cache = root / _mmcv_cache_key(session)
+    cache = root / _mmcv_cache_key(session, cuda and cuda["arch_list"])
     wheels = sorted(cache.glob("mmcv-2.1.0-*.whl"))
     if not wheels:
         session.log(f"building {MMCV} with its ops (about 15 minutes on two cores) into {cache}")
         cache.mkdir(parents=True, exist_ok=True)
         env = {"MMCV_WITH_OPS": "1", "MAX_JOBS": os.environ.get("MAX_JOBS", str(os.cpu_count()))}
+        if cuda:
+            env.update(_cuda_build_env(session, cuda))
         with tempfile.TemporaryDirectory(dir=cache) as build_dir:
             # --no-cache-dir: pip's own wheel cache is not keyed on torch and would hand
             # back a wheel built against another torch.
@@ -83,6 +105,8 @@ def install_stack(session: nox.Session, extras: str) -> None:
     _install_torch(session)
     _install_mmcv(session)
     session.install("-e", f".[{extras}]")
+    if os.environ.get("FORCE_CUDA") == "1":
+        session.run("python", CUDA_TOOLCHAIN, "check-mmcv")  # mmcv.ops needs mmengine, installed just now
 
 
 @nox.session
