@@ -71,7 +71,9 @@ class CLIPResNetBackbone(_CLIPParts):
             only `norm_eval` does.
 
     `forward(x)`: images (N, 3, H, W) -> `(layer3 map (N, C3, H/16, W/16),)`; C3 is
-    `out_channels` (1024 for RN50/RN101).
+    `out_channels` (1024 for RN50/RN101). The map is float32 under autocast too: mmdet's RoI
+    extractor casts the RoIs to the map's dtype, and mmcv's RoIAlign has no bfloat16 kernel
+    (bf16 RoIs would also round to 4 px steps at 512-1024 px).
     """
 
     def __init__(self, clip: Mapping, frozen_stages: int = 2, norm_eval: bool = False, init_cfg=None):
@@ -80,7 +82,7 @@ class CLIPResNetBackbone(_CLIPParts):
         self.out_channels = self.dims.layer3_channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        return (v_a(self, x),)
+        return (v_a(self, x).float(),)
 
 
 class ClipRoIFeatures(NamedTuple):
