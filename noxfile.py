@@ -124,6 +124,15 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
+@nox.session(name="gpu-bench")
+def gpu_bench(session: nox.Session) -> None:
+    """benchmarks/gpu.py on this machine's GPU: a table, and gpu-bench.json (needs FORCE_CUDA=1)."""
+    if os.environ.get("FORCE_CUDA") != "1":
+        session.error("gpu-bench needs mmcv's CUDA ops: run FORCE_CUDA=1 python3 -m nox -s gpu-bench")
+    install_stack(session, "test")
+    session.run("python", "benchmarks/gpu.py", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
 # The demo's sizes: small enough that the whole session, environment included, takes under
 # 10 minutes on two CPU cores (docs/reproducing.md records a measured run).
 DEMO_DIR = Path("runs/demo")
