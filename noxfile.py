@@ -6,13 +6,17 @@ cached outside the clone, keyed on Python, torch and the kind of build (CPU or C
 arches). Environment variables:
 
   CLIPGAP_WHEEL_CACHE    where built mmcv wheels are kept (default ~/.cache/clipgap/wheels)
-  FORCE_CUDA=1           build mmcv's CUDA ops too (needs nvcc); set TORCH_CUDA_ARCH_LIST,
-                         e.g. "8.0;9.0", to the GPUs you run on
+  FORCE_CUDA=1           build mmcv's CUDA ops too, with the nvcc on PATH (or in CUDA_HOME) if
+                         it is torch's CUDA release, else PyPI's (tools/cuda_toolchain.py), and
+                         check the result
+  TORCH_CUDA_ARCH_LIST   the GPU architectures to compile for, e.g. "8.0;9.0" (default: those
+                         of the visible GPUs)
   MAX_JOBS               parallel compile jobs (default: the number of CPUs)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -27,6 +31,8 @@ MMCV = "mmcv==2.1.0"
 # mmcv's setup.py imports torch and pkg_resources, so it builds without isolation
 # in an environment that already has both.
 BUILD_TOOLS = ["setuptools<80", "wheel", "ninja", "psutil"]
+# Run inside the session's environment: its decisions need that environment's torch.
+CUDA_TOOLCHAIN = "tools/cuda_toolchain.py"
 
 
 def _install_torch(session: nox.Session) -> None:
@@ -36,26 +42,42 @@ def _install_torch(session: nox.Session) -> None:
         session.install(*TORCH, env={"PIP_FIND_LINKS": no_local_wheels})
 
 
-def _mmcv_cache_key(session: nox.Session) -> str:
+def _mmcv_cache_key(session: nox.Session, cuda_arches: str | None) -> str:
     probe = (
         "import sys, torch; print(f'py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}')"
     )
-    # run_install: the probe must run under --install-only too, which skips session.run.
+    # run_install: the probes must run under --install-only too, which skips session.run.
     key = session.run_install("python", "-c", probe, silent=True).strip().splitlines()[-1]
-    if os.environ.get("FORCE_CUDA") == "1":
-        arches = os.environ.get("TORCH_CUDA_ARCH_LIST", "auto").replace(";", "_").replace(" ", "_")
+    if cuda_arches is not None:
+        arches = cuda_arches.replace(";", "_").replace(" ", "_")
         return f"{key}-cuda-{arches}"
     return f"{key}-cpu"
 
 
+def _cuda_toolchain(session: nox.Session, command: str) -> dict:
+    out = session.run_install("python", CUDA_TOOLCHAIN, command, silent=True)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _cuda_build_env(session: nox.Session, cuda: dict) -> dict[str, str]:
+    """Installs PyPI's nvcc if `cuda` (the toolchain's plan) says so; the build's variables."""
+    session.log(cuda["reason"])
+    if cuda["packages"]:
+        session.install(*cuda["packages"])
+    return {**_cuda_toolchain(session, "env"), "TORCH_CUDA_ARCH_LIST": cuda["arch_list"]}
+
+
 def _install_mmcv(session: nox.Session) -> None:
+    cuda = _cuda_toolchain(session, "plan") if os.environ.get("FORCE_CUDA") == "1" else None
     root = Path(os.environ.get("CLIPGAP_WHEEL_CACHE", Path.home() / ".cache" / "clipgap" / "wheels"))
-    cache = root / _mmcv_cache_key(session)
+    cache = root / _mmcv_cache_key(session, cuda and cuda["arch_list"])
     wheels = sorted(cache.glob("mmcv-2.1.0-*.whl"))
     if not wheels:
         session.log(f"building {MMCV} with its ops (about 15 minutes on two cores) into {cache}")
         cache.mkdir(parents=True, exist_ok=True)
         env = {"MMCV_WITH_OPS": "1", "MAX_JOBS": os.environ.get("MAX_JOBS", str(os.cpu_count()))}
+        if cuda:
+            env.update(_cuda_build_env(session, cuda))
         with tempfile.TemporaryDirectory(dir=cache) as build_dir:
             # --no-cache-dir: pip's own wheel cache is not keyed on torch and would hand
             # back a wheel built against another torch.
@@ -84,6 +106,10 @@ def install_stack(session: nox.Session, extras: str) -> None:
     _install_torch(session)
     _install_mmcv(session)
     session.install("-e", f".[{extras}]")
+    if os.environ.get("FORCE_CUDA") == "1":
+        session.run_install(
+            "python", CUDA_TOOLCHAIN, "check-mmcv"
+        )  # mmcv.ops needs mmengine, installed just now
 
 
 @nox.session
@@ -99,6 +125,15 @@ def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(name="gpu-bench")
+def gpu_bench(session: nox.Session) -> None:
+    """benchmarks/gpu.py on this machine's GPU: a table, and gpu-bench.json (needs FORCE_CUDA=1)."""
+    if os.environ.get("FORCE_CUDA") != "1":
+        session.error("gpu-bench needs mmcv's CUDA ops: run FORCE_CUDA=1 python3 -m nox -s gpu-bench")
+    install_stack(session, "test")
+    session.run("python", "benchmarks/gpu.py", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
 
 
 # The demo's sizes: small enough that the whole session, environment included, takes under

@@ -68,6 +68,31 @@ def detector(config: str, clip: str, device: str):
     return model.to(device).eval()
 
 
+def inference_rates(
+    configs: str, clip: str | None, image_size: tuple[int, int] | None, images: int, iters: int, device: str
+) -> dict[str, float]:
+    """Images per second of `model.predict` on the pair `configs`, {"clipgap": ..., "gridclip": ...}:
+    the median of `iters` batches of `images` each, after a warm-up, the two taking turns."""
+    clipgap, gridclip, default_clip, default_size = CONFIG_PAIRS[configs]
+    clip = clip or default_clip
+    height, width = image_size or default_size
+    batch = torch.randn(images, 3, height, width, generator=torch.Generator().manual_seed(1)).to(device)
+    meta = dict(img_shape=(height, width), ori_shape=(height, width), batch_input_shape=(height, width))
+    samples = [DetDataSample(metainfo=dict(meta, scale_factor=(1.0, 1.0))) for _ in range(images)]
+
+    def predictor(config: str):
+        model = detector(config, clip, device)
+
+        def predict():
+            with torch.no_grad():
+                return model.predict(batch, copy.deepcopy(samples))
+
+        return predict
+
+    seconds = alternate({"clipgap": predictor(clipgap), "gridclip": predictor(gridclip)}, iters, device)
+    return {name: images / statistics.median(times) for name, times in seconds.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", choices=CONFIG_PAIRS, default="tiny")
@@ -81,28 +106,10 @@ def main() -> None:
     args = parser.parse_args()
     register_all_modules()
     MMLogger.get_current_instance().setLevel(logging.WARNING)
-    clipgap, gridclip, clip, image_size = CONFIG_PAIRS[args.configs]
-    clip = args.clip or clip
-    height, width = args.image_size or image_size
-    images = torch.randn(args.images, 3, height, width, generator=torch.Generator().manual_seed(1))
-    images = images.to(args.device)
-    meta = dict(img_shape=(height, width), ori_shape=(height, width), batch_input_shape=(height, width))
-    samples = [DetDataSample(metainfo=dict(meta, scale_factor=(1.0, 1.0))) for _ in range(args.images)]
-
-    def predictor(config: str):
-        model = detector(config, clip, args.device)
-
-        def predict():
-            with torch.no_grad():
-                return model.predict(images, copy.deepcopy(samples))
-
-        return predict
-
-    seconds = alternate(
-        {"clipgap": predictor(clipgap), "gridclip": predictor(gridclip)}, args.iters, args.device
-    )
-    rate = {name: args.images / statistics.median(times) for name, times in seconds.items()}
-    print(f"configs {args.configs} ({clip}): {args.images} images of {height} x {width} a batch")
+    rate = inference_rates(args.configs, args.clip, args.image_size, args.images, args.iters, args.device)
+    _, _, clip, (height, width) = CONFIG_PAIRS[args.configs]
+    height, width = args.image_size or (height, width)
+    print(f"configs {args.configs} ({args.clip or clip}): {args.images} images of {height} x {width} a batch")
     print(f"{args.iters} batches each after a warm-up, alternating, on {args.device}")
     print(f"CLIP the Gap (C4 Faster R-CNN): {rate['clipgap']:.2f} images/s")
     print(f"GridCLIP (FCOS): {rate['gridclip']:.2f} images/s")

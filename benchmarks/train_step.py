@@ -105,15 +105,22 @@ def batch(n: int, height: int, width: int, classes: int, device: str):
     return inputs, samples
 
 
+def train_step(model, optim_wrapper, inputs, samples) -> None:
+    """One training step as mmengine's `BaseModel.train_step` runs it: the forward pass in the
+    optimiser wrapper's context (autocast, for an `AmpOptimWrapper`), backward, update."""
+    with optim_wrapper.optim_context(model):
+        losses = model.loss(inputs, samples)
+    loss, _ = model.parse_losses(losses)
+    optim_wrapper.update_params(loss)
+
+
 def train_step_overhead(cfg: Config, image_size: tuple[int, int], iters: int, device: str) -> None:
     variants = {name: detector(cfg, name == "augmented", device) for name in ("augmented", "plain")}
     n = cfg.train_dataloader.batch_size
     inputs, samples = batch(n, *image_size, cfg.model.roi_head.bbox_head.num_classes, device)
 
     def step(name: str) -> None:
-        model, optim_wrapper = variants[name]
-        loss, _ = model.parse_losses(model.loss(inputs, samples))
-        optim_wrapper.update_params(loss)
+        train_step(*variants[name], inputs, samples)
 
     seconds = alternate({name: lambda name=name: step(name) for name in variants}, iters, device)
     aug, plain = (statistics.median(seconds[name]) for name in ("augmented", "plain"))

@@ -12,6 +12,7 @@ import os.path as osp
 from multiprocessing.pool import ThreadPool
 
 import mmdet.evaluation.functional.mean_ap
+import mmdet.models.dense_heads.rpn_head
 import mmengine.config.config
 import mmengine.hub.hub
 import mmengine.utils
@@ -75,3 +76,21 @@ for _module in (mmengine.utils.package_utils, mmengine.utils, mmengine.config.co
 # evaluation hangs (open-mmlab/mmrotate#45; the advice there, nproc=1, is not reachable
 # through VOCMetric). A thread pool computes the same per-image TP/FP lists without forking.
 mmdet.evaluation.functional.mean_ap.Pool = ThreadPool
+
+
+# mmcv 2.1's nms reads boxes as float (its CPU and CUDA kernels alike), and mmdet 3.3 builds
+# the RPN's anchors in the dtype of its scores. Under bfloat16 autocast (AmpOptimWrapper with
+# dtype='bfloat16') the RPN's outputs are bf16, so proposals fail with "expected scalar type
+# Float but found BFloat16", and anchors would round to bf16's 8 significant bits (4 px steps
+# at 512-1024 px). mmdet supports fp16 AMP only (mmengine#960 reports other mmdet models
+# failing under bf16). The RPN's outputs in float32 keep anchors and proposals exact; its
+# convolution still runs in bf16. A no-op without autocast.
+_rpn_forward_single = mmdet.models.dense_heads.rpn_head.RPNHead.forward_single
+
+
+def rpn_forward_single_float32(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    cls_score, bbox_pred = _rpn_forward_single(self, x)
+    return cls_score.float(), bbox_pred.float()
+
+
+mmdet.models.dense_heads.rpn_head.RPNHead.forward_single = rpn_forward_single_float32

@@ -229,8 +229,9 @@ def test_norm_eval(build):
     assert torch.equal(bn.running_mean, before)
 
 
-def test_head_gives_the_region_embedding_and_the_pooled_layer4_feature():
-    head = build_head().eval()
+@pytest.mark.parametrize("attnpool_form", ["token0", "all_tokens"])
+def test_head_gives_the_region_embedding_and_the_pooled_layer4_feature(attnpool_form):
+    head = build_head(attnpool_form=attnpool_form).eval()
     x = torch.randn(5, 256, 8, 8)
     with torch.no_grad():
         out = head(x)
@@ -241,6 +242,13 @@ def test_head_gives_the_region_embedding_and_the_pooled_layer4_feature():
     assert embedding.shape == (5, 64) and pooled.shape == (5, 512)
     torch.testing.assert_close(embedding, visual.attnpool(f4))
     torch.testing.assert_close(pooled, f4.mean(dim=(2, 3)))
+
+
+def test_head_refuses_an_unknown_attnpool_form():
+    with pytest.raises(
+        ValueError, match="attnpool_form must be one of .*'token0', 'all_tokens'.*got 'dense'"
+    ):
+        build_head(attnpool_form="dense")
 
 
 def test_head_refuses_rois_of_the_wrong_size():

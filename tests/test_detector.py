@@ -406,6 +406,29 @@ def test_the_tiny_detector_trains_the_right_parts_and_predicts(tiny_cfg, classif
         assert ((pred.labels >= 0) & (pred.labels < K)).all()
 
 
+def test_the_tiny_detector_trains_under_bfloat16_autocast(tiny_cfg):
+    """AmpOptimWrapper(dtype='bfloat16') autocasts the forward pass (CUDA only; the CPU's
+    autocast takes the same paths through mmdet and mmcv): RPN proposals and RoIAlign, whose
+    mmcv kernels have no bf16 version, get float32 inputs (compat.py, CLIPResNetBackbone)."""
+    torch.manual_seed(0)
+    model = MODELS.build(tiny_cfg.model)
+    model.init_weights()
+    model.train()
+    (batch,) = tiny_batches(tiny_cfg, 1)
+    data = model.data_preprocessor(batch, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (f,) = model.backbone(data["inputs"])
+        assert model.rpn_head.rpn_conv(f).dtype == torch.bfloat16  # the convolutions do run in bf16
+        assert {t.dtype for t in model.rpn_head.forward_single(f)} == {torch.float32}
+        losses = model.loss(data["inputs"], data["data_samples"])
+    loss, _ = model.parse_losses(losses)
+    assert f.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    # Gradients reach back through RoIAlign into the bf16 backbone.
+    for module in (model.roi_head.shared_head.attnpool, model.backbone.layer3, model.rpn_head):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
 def test_the_loss_falls_with_the_tiny_configs_solver(tiny_cfg):
     torch.manual_seed(0)
     model = MODELS.build(tiny_cfg.model)

@@ -71,7 +71,9 @@ class CLIPResNetBackbone(_CLIPParts):
             only `norm_eval` does.
 
     `forward(x)`: images (N, 3, H, W) -> `(layer3 map (N, C3, H/16, W/16),)`; C3 is
-    `out_channels` (1024 for RN50/RN101).
+    `out_channels` (1024 for RN50/RN101). The map is float32 under autocast too: mmdet's RoI
+    extractor casts the RoIs to the map's dtype, and mmcv's RoIAlign has no bfloat16 kernel
+    (bf16 RoIs would also round to 4 px steps at 512-1024 px).
     """
 
     def __init__(self, clip: Mapping, frozen_stages: int = 2, norm_eval: bool = False, init_cfg=None):
@@ -80,7 +82,7 @@ class CLIPResNetBackbone(_CLIPParts):
         self.out_channels = self.dims.layer3_channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        return (v_a(self, x),)
+        return (v_a(self, x).float(),)
 
 
 class ClipRoIFeatures(NamedTuple):
@@ -99,16 +101,24 @@ class CLIPResLayer4Head(_CLIPParts):
     layer4's S/2 x S/2 output fit attnpool's positional embedding. Runs layer4 once and
     returns both of its uses as a `ClipRoIFeatures(embedding (R, D), pooled (R, C4))`;
     the bbox head receives that pair as its input. `embed_dim` is D, `out_channels` C4.
-    attnpool runs as `attnpool_token0`: the same embedding for a fraction of the work.
 
     Args:
         clip: the CLIP model, as for `CLIPResNetBackbone` (use the same one).
         norm_eval: as for `CLIPResNetBackbone`; default False (layer4's BatchNorms use
             batch statistics in training, as in the reference).
+        attnpool_form: "token0" (default) runs attnpool as `attnpool_token0`: the same
+            embedding for a fraction of the work; "all_tokens" runs open_clip's
+            `AttentionPool2d` itself, which projects every token, as the reference does
+            (for comparisons: benchmarks/gpu.py).
     """
 
-    def __init__(self, clip: Mapping, norm_eval: bool = False, init_cfg=None):
+    ATTNPOOL_FORMS = ("token0", "all_tokens")
+
+    def __init__(self, clip: Mapping, norm_eval: bool = False, attnpool_form: str = "token0", init_cfg=None):
+        if attnpool_form not in self.ATTNPOOL_FORMS:
+            raise ValueError(f"attnpool_form must be one of {self.ATTNPOOL_FORMS}, got {attnpool_form!r}")
         super().__init__(clip, V_B, norm_eval, init_cfg)
+        self.attnpool_form = attnpool_form
         self.roi_size = self.dims.roi_size
         self.embed_dim = self.dims.embed_dim
         self.out_channels = self.dims.layer4_channels
@@ -121,5 +131,9 @@ class CLIPResLayer4Head(_CLIPParts):
                 f"output_size={self.roi_size}"
             )
         f = self.layer4(x)  # (R, C4, S/2, S/2)
-        # attnpool's result, without the work for the tokens it discards (512 RoIs an image).
-        return ClipRoIFeatures(embedding=attnpool_token0(self.attnpool, f), pooled=f.mean(dim=(2, 3)))
+        if self.attnpool_form == "token0":
+            # attnpool's result, without the work for the tokens it discards (512 RoIs an image).
+            embedding = attnpool_token0(self.attnpool, f)
+        else:
+            embedding = self.attnpool(f)
+        return ClipRoIFeatures(embedding=embedding, pooled=f.mean(dim=(2, 3)))
