@@ -197,7 +197,7 @@ def test_bad_arguments_fail_with_one_clear_error(tree, tmp_path):
 def test_custom_classes_and_source(tree, tmp_path):
     (tree / "night_rainy" / "VOC2007" / "ImageSets" / "Main" / "test.txt").write_text("n1\n")
     report = convert_voc(tree, tmp_path / "out", classes="Motor, bike", source="night_rainy")
-    assert report.spec.classes == ("motor", "bike") and report.spec.source.name == "night_rainy"
+    assert report.spec.classes == ("Motor", "bike") and report.spec.source.name == "night_rainy"
     coco = _annotations(tmp_path / "out")["night_rainy_train"]
     assert [(a["category_id"], a["bbox"]) for a in coco["annotations"]] == [
         (2, [0, 0, 40, 30]),

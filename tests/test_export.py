@@ -12,12 +12,13 @@ import torch
 from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
+from clipgap_cli.artifacts import BUNDLE_INFO as INFO
+from clipgap_cli.artifacts import decode_tensor, encode_tensor, find_checkpoint, load_bundle, run_config
 from clipgap_cli.cli import app
-from clipgap_cli.models.config_tensors import decode_tensor, encode_tensor
+from clipgap_cli.models.detectors import build_detector
 from clipgap_cli.rundir import Run
 from clipgap_cli.stages.encode_prompts import encode_prompts
-from clipgap_cli.stages.evaluate import build_detector, find_checkpoint, run_config
-from clipgap_cli.stages.export import INFO, export, load_bundle
+from clipgap_cli.stages.export import export
 from clipgap_cli.stages.optimize_augs import optimize_augs
 from clipgap_cli.stages.predict import predict
 from clipgap_cli.stages.train import Launch, resolve_config, train

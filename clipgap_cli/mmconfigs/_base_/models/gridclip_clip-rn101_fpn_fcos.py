@@ -1,4 +1,4 @@
-# GridCLIP's detector (DESIGN §4; docs/method.md, "GridCLIP"): mmdet's FCOS on CLIP's whole
+# GridCLIP's detector (docs/method.md, "GridCLIP"): mmdet's FCOS on CLIP's whole
 # ResNet image encoder. The backbone gives layer2 (stride 8), layer3 (stride 16) and the dense
 # CLIP embeddings of layer4 (stride 32, attnpool's value and output projections on every
 # cell); an FPN makes P3-P7 of them; the FCOS head classifies each location by cosine to the

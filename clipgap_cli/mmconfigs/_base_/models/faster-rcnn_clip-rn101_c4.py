@@ -1,4 +1,4 @@
-# CLIP the Gap's detector (DESIGN §3; reference §1.3-§1.7 and its §7 cheat-sheet): mmdet's C4
+# CLIP the Gap's detector (docs/method.md, "The detector"): mmdet's C4
 # Faster R-CNN with CLIP's image encoder split around the RoI head, V_a as the backbone and
 # V_b as the RoI shared head, the semantic augmentation as the neck, and a bbox head that
 # classifies by cosine to CLIP text embeddings.
