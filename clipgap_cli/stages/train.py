@@ -28,7 +28,7 @@ from clipgap_cli.clip.split import visual_dims
 from clipgap_cli.data.spec import load_run_dataset, set_dataset
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.models.detectors import augmentation_of, fill_model
-from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, TRAINED_CONFIG, WORK_DIR, Run
+from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, TRAINED_CONFIG, WORK_DIR, Run, atomic_write
 
 STAGE = "train"
 CONFIGS = Path(__file__).resolve().parents[1] / "mmconfigs"  # clipgap's configs, package data
@@ -204,9 +204,8 @@ def train(
         raise ClipgapError(
             f"{work_dir} already holds a training run; pass --resume to continue it or --force to start over"
         )
-    # The resolved config is an artifact: evaluate, export and predict build the detector from it.
-    run.write(TRAINED_CONFIG, lambda tmp: tmp.write_text(cfg.pretty_text), stage=STAGE, **record)
     config_path = run.path(TRAINED_CONFIG)
+    atomic_write(config_path, lambda tmp: tmp.write_text(cfg.pretty_text))
     if cfg.launcher == "pytorch":
         _torchrun(config_path, launch)
     else:
@@ -217,7 +216,11 @@ def train(
 
 
 def record_checkpoints(run: Run, inputs: list[str], clip: dict, options: dict) -> list[str]:
-    """Record every checkpoint in the work directory; forget those mmengine has since deleted."""
+    """Record the resolved config and every checkpoint in the work directory; forget those
+    mmengine has since deleted. The config is an artifact, as mmengine's Runner leaves it (it
+    dumps the config it ran under the same name): evaluate, export and predict build the
+    detector from it."""
+    run.record(TRAINED_CONFIG, stage=STAGE, options=options, inputs=inputs, clip=clip)
     recorded = recorded_checkpoints(run)
     present = sorted(p.relative_to(run.root).as_posix() for p in run.path(WORK_DIR).glob("*.pth"))
     run.forget(set(recorded) - set(present))
