@@ -128,7 +128,9 @@ class GridCLIPHead(TextClassifier, FCOSHead):
             raise ValueError("GridCLIPHead needs temperature > 0 and 0 < prior_prob < 1")
         self.temperature = temperature
         prior_logit = math.log(prior_prob / (1 - prior_prob))
-        self.init_text_classifier(class_embeddings, embed_dim, num_classes, 1 / temperature, bias=prior_logit)
+        self.init_text_classifier(
+            class_embeddings, embed_dim, num_classes, 1 / temperature, bias=prior_logit, dim=1
+        )
 
     def _init_predictor(self) -> None:
         super()._init_predictor()
@@ -137,7 +139,7 @@ class GridCLIPHead(TextClassifier, FCOSHead):
     def forward_single(self, x, scale, stride) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One FPN level (N, C, H, W) -> logits (N, K, H, W), boxes (N, 4, H, W), centerness (N, 1, H, W)."""
         embedding, bbox_pred, centerness = super().forward_single(x, scale, stride)
-        return self.text_logits(embedding, dim=1), bbox_pred, centerness  # grid-level alignment
+        return self.text_logits(embedding), bbox_pred, centerness  # grid-level alignment
 
     @torch.no_grad()
     def set_vocabulary(self, class_embeddings: ClassEmbeddings | None) -> None:

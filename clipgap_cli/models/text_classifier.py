@@ -39,9 +39,11 @@ class TextClassifier(nn.Module):
         scale: float,
         bias: float | None = None,
         background: bool = False,
+        dim: int = -1,
     ) -> None:
         """`class_embeddings` (K, D), kept L2-normalised; `scale` fixed; `bias` None for none,
-        else the initial value of a learnt one; `background`: add the background logit 0."""
+        else the initial value of a learnt one; `background`: add the background logit 0;
+        `dim`: the axis of D in the embeddings the head scores ((R, D): -1, (N, D, H, W): 1)."""
         self.register_buffer(
             "class_embeddings", class_embeddings_of(class_embeddings, embed_dim, num_classes)
         )
@@ -50,15 +52,17 @@ class TextClassifier(nn.Module):
         self.text_scale = scale
         self.bias = None if bias is None else nn.Parameter(torch.tensor(bias))
         self.background = background
+        self.text_dim = dim
 
     @property
     def classes(self) -> torch.Tensor:
         """The embeddings (K, D) of the classes detected now: the trained ones or the vocabulary's."""
         return self.class_embeddings if self.vocabulary is None else self.vocabulary
 
-    def text_logits(self, embedding: torch.Tensor, dim: int = -1) -> torch.Tensor:
-        """Embeddings with D along `dim` ((R, D), or (N, D, H, W) with dim=1) -> logits with
-        K (+ 1 for the background) along `dim`."""
+    def text_logits(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Embeddings with D along the head's axis ((R, D), or (N, D, H, W)) -> logits with
+        K (+ 1 for the background) along that axis."""
+        dim = self.text_dim
         e = F.normalize(embedding.movedim(dim, -1), dim=-1)
         logits = self.text_scale * (e @ self.classes.to(e.dtype).T)  # (..., K)
         if self.bias is not None:
