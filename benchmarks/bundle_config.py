@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from clipgap_cli.models.config_tensors import decode_tensor, encode_tensor
+from clipgap_cli.artifacts import decode_tensor, encode_tensor
 
 
 def _load_seconds(path: Path) -> float:

@@ -34,9 +34,9 @@ from train_step import alternate  # beside this script
 import clipgap_cli  # noqa: F401  (the stack fixes)
 from clipgap_cli.clip.model import load_clip
 from clipgap_cli.clip.split import visual_dims
-from clipgap_cli.stages.train import fill_model
+from clipgap_cli.models.detectors import fill_model
 
-CONFIGS = Path(__file__).resolve().parents[1] / "mmconfigs"
+CONFIGS = Path(__file__).resolve().parents[1] / "clipgap_cli" / "mmconfigs"
 # (CLIP the Gap, GridCLIP, their CLIP model, the image size)
 CONFIG_PAIRS = {
     "tiny": (
@@ -61,7 +61,7 @@ def detector(config: str, clip: str, device: str):
     dims = visual_dims(load_clip(clip, None).visual)
     g = torch.Generator().manual_seed(0)
     embeddings = torch.randn(CLASSES, dims.embed_dim, generator=g).tolist()
-    fill_model(cfg.model, dict(name=clip, pretrained=None), dims, CLASSES, embeddings)
+    fill_model(cfg.model, dict(name=clip, pretrained=None), dims, CLASSES, embeddings, offsets=None)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()

@@ -18,9 +18,9 @@ import time
 
 import torch
 
+from clipgap_cli.augmentation.objective import augmentation_loss, per_domain_loss
 from clipgap_cli.clip.model import load_clip
 from clipgap_cli.clip.split import v_a, visual_dims
-from clipgap_cli.stages.optimize_augs import augmentation_loss, per_domain_loss
 
 
 def step(loss_fn, visual, crops, offsets, directions, optimizer) -> None:

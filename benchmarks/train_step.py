@@ -3,7 +3,7 @@ against the same detector without it; (b) the RoI head's attention pooling from 
 against open_clip's all-token attnpool.
 
     python benchmarks/train_step.py                        # tiny config, on the CPU
-    python benchmarks/train_step.py --config mmconfigs/clipgap/faster-rcnn_clip-rn101_c4_dwd.py \\
+    python benchmarks/train_step.py --config clipgap_cli/mmconfigs/clipgap/faster-rcnn_clip-rn101_c4_dwd.py \\
         --image-size 600 1000 --device cuda
 
 (a) builds the config twice from the same seed, once as it is and once with the neck removed,
@@ -36,7 +36,7 @@ import clipgap_cli  # noqa: F401  (the stack fixes)
 from clipgap_cli.clip.model import load_clip
 from clipgap_cli.clip.split import attnpool_token0
 
-TINY = "mmconfigs/tiny/faster-rcnn_clip-tiny_c4_synth.py"
+TINY = "clipgap_cli/mmconfigs/tiny/faster-rcnn_clip-tiny_c4_synth.py"
 OFFSET_COUNT = 15  # M, the reference's number of target prompts
 
 

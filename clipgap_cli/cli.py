@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 from clipgap_cli.clip.cli import clip_app
 from clipgap_cli.clip.model import default_pretrained
 from clipgap_cli.clip.prompts import CLASS_TEMPLATE, DEFAULT_PROMPTS_FILE, SOURCE_PROMPT, read_prompts
+from clipgap_cli.data.classes import parse_classes
 from clipgap_cli.data.cli import data_app
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.evaluation.report import compare_table, domain_table
@@ -25,7 +26,7 @@ from clipgap_cli.stages.encode_prompts import encode_prompts, parse_class_names
 from clipgap_cli.stages.evaluate import ALL, evaluate, stored_evaluation
 from clipgap_cli.stages.export import export
 from clipgap_cli.stages.optimize_augs import optimize_augs
-from clipgap_cli.stages.predict import parse_classes, predict
+from clipgap_cli.stages.predict import predict
 from clipgap_cli.stages.train import DETECTORS, Launch, parse_cfg_options, resolve_config, train
 from clipgap_cli.versions import stack_versions
 

@@ -28,19 +28,21 @@ from clipgap_cli.versions import stack_versions
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 
-# The layout (DESIGN §2): each artifact's place in the run directory, relative to its root,
-# and the stage that makes it.
+# The layout (docs/run-directory.md): each artifact's place in the run directory, relative to
+# its root, and the stage that makes it.
 TEXT_EMBEDDINGS = "prompts/text_embeddings.pt"
 OFFSETS = "augs/offsets.pt"
 AUGS_REPORT = "augs/report.json"
 AUGS_LOSS_PLOT = "augs/loss.png"
 WORK_DIR = "train"
+TRAINED_CONFIG = f"{WORK_DIR}/clipgap_config.py"  # the config train resolved, in mmengine's work directory
 EVAL_DIR = "eval"
 PRODUCERS = {
     TEXT_EMBEDDINGS: "encode-prompts",
     OFFSETS: "optimize-augs",
     AUGS_REPORT: "optimize-augs",
     AUGS_LOSS_PLOT: "optimize-augs",
+    TRAINED_CONFIG: "train",
 }
 
 ClipIdentity = Mapping[str, Any]

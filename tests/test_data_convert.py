@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from clipgap_cli.cli import app
 from clipgap_cli.data import convert as C
 from clipgap_cli.data.convert import convert_voc
-from clipgap_cli.data.spec import SPEC_NAME, load_spec
+from clipgap_cli.data.spec import SPEC_NAME, load_run_dataset, load_spec
 from clipgap_cli.errors import ClipgapError
+from clipgap_cli.stages.encode_prompts import parse_class_names
 
 FIXTURE = Path(__file__).parent / "fixtures" / "voc_small"
 DWD = ["bus", "bike", "car", "motor", "person", "rider", "truck"]
@@ -197,7 +198,7 @@ def test_bad_arguments_fail_with_one_clear_error(tree, tmp_path):
 def test_custom_classes_and_source(tree, tmp_path):
     (tree / "night_rainy" / "VOC2007" / "ImageSets" / "Main" / "test.txt").write_text("n1\n")
     report = convert_voc(tree, tmp_path / "out", classes="Motor, bike", source="night_rainy")
-    assert report.spec.classes == ("motor", "bike") and report.spec.source.name == "night_rainy"
+    assert report.spec.classes == ("Motor", "bike") and report.spec.source.name == "night_rainy"
     coco = _annotations(tmp_path / "out")["night_rainy_train"]
     assert [(a["category_id"], a["bbox"]) for a in coco["annotations"]] == [
         (2, [0, 0, 40, 30]),
@@ -305,3 +306,11 @@ def test_cli_bad_root_and_out_are_one_line(tree, tmp_path):
     assert_one_line_error(invoke("data", "convert", tree, "--out", tree / "o"), "inside the source tree")
     result = invoke("data", "convert", tree)
     assert result.exit_code != 0 and "--out" in result.output and "Traceback" not in result.output
+
+
+def test_the_classes_convert_writes_are_those_encode_prompts_reads(tree, tmp_path):
+    # The same --classes to both commands: train then finds the dataset's classes are the run's.
+    convert_voc(tree, tmp_path / "out", classes="Motor, bike")
+    assert load_run_dataset(tmp_path / "out", parse_class_names("Motor, bike")).classes == ("Motor", "bike")
+    with pytest.raises(ClipgapError, match="--classes 'Car,car' is not a class set"):
+        convert_voc(tree, tmp_path / "other", classes="Car,car")  # VOC XML cannot tell them apart

@@ -1,5 +1,6 @@
 """`clipgap data synth`: the synthetic benchmark, and the mmdet dataset configs that read it."""
 
+import copy
 import hashlib
 import json
 import multiprocessing.pool
@@ -14,11 +15,12 @@ from typer.testing import CliRunner
 
 from clipgap_cli.cli import app
 from clipgap_cli.data.convert import DWD_CLASSES, DWD_DOMAINS, convert_voc
-from clipgap_cli.data.spec import SPEC_NAME, load_spec
+from clipgap_cli.data.spec import SPEC_NAME, load_spec, set_dataset
 from clipgap_cli.data.synth import render_preview, synthesize
 from clipgap_cli.errors import ClipgapError
+from clipgap_cli.stages.train import CONFIGS as PACKAGE_CONFIGS
 
-CONFIGS = Path(__file__).parents[1] / "mmconfigs" / "_base_" / "datasets"
+CONFIGS = PACKAGE_CONFIGS / "_base_" / "datasets"
 SIZE, IMAGES = 128, 8
 
 
@@ -183,12 +185,13 @@ def test_dataset_configs_load_with_the_published_protocol(mmdet_registry, name):
     assert cfg.val_evaluator == dict(type="VOCMetric", metric="mAP", eval_mode="11points")
     assert cfg.train_dataloader.dataset.type == "CocoDataset"
     assert cfg.train_dataloader.dataset.metainfo.classes == cfg.classes
-    assert (
-        cfg.val_dataloader.dataset == cfg.eval_datasets[cfg.source]
-        and cfg.test_dataloader == cfg.val_dataloader
+    assert cfg.val_dataloader.dataset.metainfo.classes == cfg.classes
+    assert cfg.val_dataloader.dataset.test_mode and cfg.test_dataloader == cfg.val_dataloader
+    source, train_split, eval_split = {"voc_to_art": ("voc", "trainval", "test")}.get(
+        name, ("daytime_clear", "train", "test")
     )
-    for domain, split in cfg.eval_splits.items():
-        assert cfg.eval_datasets[domain].ann_file.endswith(f"annotations/{domain}_{split}.json")
+    assert cfg.train_dataloader.dataset.ann_file.endswith(f"annotations/{source}_{train_split}.json")
+    assert cfg.val_dataloader.dataset.ann_file.endswith(f"annotations/{source}_{eval_split}.json")
     assert not any(Path(v).is_absolute() for v in (cfg.data_root, cfg.get("image_root", "")) if v)
 
 
@@ -197,12 +200,11 @@ def test_dwd_config_agrees_with_the_converted_spec(mmdet_registry, tmp_path):
 
     cfg = Config.fromfile(CONFIGS / "dwd.py")
     spec = convert_voc(Path(__file__).parent / "fixtures" / "voc_small", tmp_path).spec
-    assert cfg.classes == spec.classes and cfg.source == spec.source.name
-    for domain in spec.domains:
-        assert cfg.eval_splits[domain.name] == domain.eval_split
-        assert (
-            Path(cfg.eval_datasets[domain.name].ann_file).name == spec.eval_split(domain.name).ann_file.name
-        )
+    assert cfg.classes == spec.classes
+    assert Path(cfg.train_dataloader.dataset.ann_file).name == spec.train_split.ann_file.name
+    source = spec.eval_split(spec.source.name)
+    assert Path(cfg.val_dataloader.dataset.ann_file).name == source.ann_file.name
+    assert cfg.val_dataloader.dataset.data_prefix.img.endswith(f"{spec.source.name}/VOC2007/JPEGImages/")
 
 
 def test_synth_config_builds_datasets_that_yield_samples(mmdet_registry, workdir, monkeypatch):
@@ -217,7 +219,7 @@ def test_synth_config_builds_datasets_that_yield_samples(mmdet_registry, workdir
     monkeypatch.setattr("mmdet.evaluation.functional.mean_ap.Pool", multiprocessing.pool.ThreadPool)
     cfg = Config.fromfile(CONFIGS / "synth.py")
     spec = load_spec(cfg.data_root)
-    assert cfg.eval_splits == {d.name: d.eval_split for d in spec.domains}
+    assert cfg.val_dataloader.dataset.ann_file == f"{cfg.data_root}annotations/daytime_clear_test.json"
 
     train = DATASETS.build(cfg.train_dataloader.dataset)
     sample = train[0]
@@ -231,8 +233,11 @@ def test_synth_config_builds_datasets_that_yield_samples(mmdet_registry, workdir
     assert boxes.tolist() == expected
     assert sample["data_samples"].gt_instances.labels.tolist() == [a["category_id"] - 1 for a in first]
 
-    # Each domain's evaluation set through the evaluator: its own boxes as predictions score 1.
-    for domain, dataset_cfg in cfg.eval_datasets.items():
+    # Each domain's evaluation set, as `clipgap evaluate` makes it of the test dataset, through
+    # the evaluator: its own boxes as predictions score 1.
+    for domain in (d.name for d in spec.domains):
+        dataset_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
+        set_dataset(dataset_cfg, spec.eval_split(domain), dict(classes=spec.classes))
         dataset = DATASETS.build(dataset_cfg)
         assert len(dataset) == (2 if domain == "daytime_clear" else 6)
         metric = METRICS.build(cfg.val_evaluator)

@@ -1,7 +1,6 @@
 """The CLIP the Gap detector: semantic augmentation neck, cosine bbox head, token-0 attnpool, configs."""
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,16 +12,15 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.runner import Runner
 
 import clipgap_cli.models  # noqa: F401  (registers the components)
+from clipgap_cli.artifacts import OFFSETS_FORMAT, load_text_embeddings
 from clipgap_cli.clip.model import load_clip
 from clipgap_cli.clip.split import STEM, attnpool_token0
 from clipgap_cli.data.spec import load_spec
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.models import CLIPBBoxHead, ClipRoIFeatures, SemanticAugmentation
 from clipgap_cli.rundir import TEXT_EMBEDDINGS
-from clipgap_cli.stages import optimize_augs
-from clipgap_cli.stages.encode_prompts import load_text_embeddings
+from clipgap_cli.stages.train import CONFIGS
 
-CONFIGS = Path(__file__).parents[1] / "mmconfigs"
 MAIN = CONFIGS / "clipgap/faster-rcnn_clip-rn101_c4_dwd.py"
 TINY = CONFIGS / "tiny/faster-rcnn_clip-tiny_c4_synth.py"
 
@@ -87,9 +85,7 @@ def test_augmentation_applies_to_about_half_of_the_batches_and_follows_the_seed(
 
 def write_offsets(path, offsets):
     """An A artifact as `clipgap optimize-augs` writes it: offsets (M, C, S, S) and their means."""
-    torch.save(
-        {"format": optimize_augs.FORMAT, "offsets": offsets, "offset_means": offsets.mean((2, 3))}, path
-    )
+    torch.save({"format": OFFSETS_FORMAT, "offsets": offsets, "offset_means": offsets.mean((2, 3))}, path)
     return str(path)
 
 

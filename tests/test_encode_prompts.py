@@ -7,17 +7,17 @@ import torch
 from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
+from clipgap_cli.artifacts import load_text_embeddings
 from clipgap_cli.cli import app
 from clipgap_cli.clip.model import load_clip
 from clipgap_cli.clip.prompts import encode_texts, read_prompts, tokenize
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import MANIFEST, TEXT_EMBEDDINGS, Run
-from clipgap_cli.stages.encode_prompts import load_text_embeddings
 
 runner = CliRunner()
 TINY = ["--clip", "RN-tiny"]
 
-# clip-the-gap-reference.md §2.2: prunedprompts2.txt, in its order (domain index j = 0..14).
+# The reference code's prunedprompts2.txt, in its order (domain index j = 0..14).
 REFERENCE_PROMPTS = [
     f"an image taken on a {weather} {time}"
     for time in ("night", "day", "evening")
@@ -188,8 +188,8 @@ BAD_INPUTS = {
         ["--default-prompts", "--classes-from", "c.json"],
         ["c.json has no 'categories' list"],
     ),
-    "duplicate class": ({}, ["--default-prompts", "--classes", "car,bus,car"], ["'car' appears twice"]),
-    "empty class": ({}, ["--default-prompts", "--classes", "car,,bus"], ["a class name is empty"]),
+    "duplicate class": ({}, ["--default-prompts", "--classes", "car,bus,car"], ["names car more than once"]),
+    "empty class": ({}, ["--default-prompts", "--classes", "car,,bus"], ["has an empty class name"]),
     "template without {}": ({}, ["--default-prompts", "--class-template", "a photo"], ["exactly once"]),
     "too long": ({"p.txt": b"fog " * 80 + b"\n"}, ["p.txt"], ["tokens long", "at most 77"]),
 }

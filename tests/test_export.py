@@ -3,6 +3,7 @@ predictions for the trained classes and for new class names, and bad input."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,12 +13,13 @@ import torch
 from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
+from clipgap_cli.artifacts import BUNDLE_INFO as INFO
+from clipgap_cli.artifacts import decode_tensor, encode_tensor, find_checkpoint, load_bundle, run_config
 from clipgap_cli.cli import app
-from clipgap_cli.models.config_tensors import decode_tensor, encode_tensor
-from clipgap_cli.rundir import Run
+from clipgap_cli.models.detectors import build_detector
+from clipgap_cli.rundir import TRAINED_CONFIG, Run
 from clipgap_cli.stages.encode_prompts import encode_prompts
-from clipgap_cli.stages.evaluate import build_detector, find_checkpoint, run_config
-from clipgap_cli.stages.export import INFO, export, load_bundle
+from clipgap_cli.stages.export import export
 from clipgap_cli.stages.optimize_augs import optimize_augs
 from clipgap_cli.stages.predict import predict
 from clipgap_cli.stages.train import Launch, resolve_config, train
@@ -233,3 +235,13 @@ def test_predict_refuses_a_bundle_of_another_format_or_changed(bundle, images, t
     )
     assert_one_line_error(invoke("predict", tmp_path, images[0], "--out", tmp_path / "out"),
                           "neither a clipgap bundle")  # fmt: skip
+
+
+def test_an_edited_training_config_is_refused(trained_run, images, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    with open(run / TRAINED_CONFIG, "a") as config:
+        config.write("model = dict(test_cfg=dict(rcnn=dict(score_thr=0.9)))\n")
+    refused = "clipgap_config.py does not match the sha256"
+    assert_one_line_error(invoke("export", "--run", run, "--out", tmp_path / "b"), refused)
+    assert_one_line_error(invoke("predict", run, images[0], "--out", tmp_path / "p"), refused)

@@ -17,6 +17,7 @@ from mmengine.structures import InstanceData
 from typer.testing import CliRunner
 
 import clipgap_cli.models  # noqa: F401  (registers the components)
+from clipgap_cli.artifacts import load_text_embeddings
 from clipgap_cli.cli import app
 from clipgap_cli.clip.model import load_clip
 from clipgap_cli.clip.split import attnpool_dense, v_a, v_b
@@ -25,7 +26,6 @@ from clipgap_cli.errors import ClipgapError
 from clipgap_cli.models import GridCLIPBackbone, GridCLIPHead
 from clipgap_cli.models.gridclip import image_alignment_loss, largest_regions, pooled_regions
 from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, WORK_DIR, Run
-from clipgap_cli.stages.encode_prompts import load_text_embeddings
 from clipgap_cli.stages.optimize_augs import optimize_augs
 from clipgap_cli.stages.train import CONFIGS, DETECTORS, compose_config
 

@@ -10,21 +10,15 @@ import torch.nn.functional as F
 from helpers import assert_one_line_error
 from typer.testing import CliRunner
 
+from clipgap_cli.artifacts import load_offsets, load_text_embeddings
+from clipgap_cli.augmentation.objective import augmentation_loss, per_domain_loss, per_group_batch_norm
 from clipgap_cli.cli import app
 from clipgap_cli.clip.model import load_clip
 from clipgap_cli.clip.split import v_a, v_b, visual_dims
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import AUGS_LOSS_PLOT, AUGS_REPORT, MANIFEST, OFFSETS, Run
-from clipgap_cli.stages.encode_prompts import encode_prompts, load_text_embeddings
-from clipgap_cli.stages.optimize_augs import (
-    SourceCrops,
-    augmentation_loss,
-    load_offsets,
-    optimize_augs,
-    per_domain_loss,
-    per_group_batch_norm,
-    source_images,
-)
+from clipgap_cli.stages.encode_prompts import encode_prompts
+from clipgap_cli.stages.optimize_augs import SourceCrops, optimize_augs, source_images
 
 QUICK = dict(iters=3, crops_per_iter=6)
 

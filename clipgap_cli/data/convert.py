@@ -21,7 +21,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from clipgap_cli.data.spec import SPEC_NAME, DataSpec, Domain, Split, load_spec, write_spec
+from clipgap_cli.data.classes import check_classes, parse_classes
+from clipgap_cli.data.spec import IMAGE_SUFFIXES, SPEC_NAME, DataSpec, Domain, Split, load_spec, write_spec
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import atomic_write
 
@@ -36,7 +37,6 @@ VOC_CLASSES = (
 CLASS_SETS = {"dwd": DWD_CLASSES, "voc-art": ART_CLASSES, "voc": VOC_CLASSES}
 
 SPLIT_LISTS = ("train", "val", "trainval", "test")
-IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg", ".JPG", ".PNG", ".JPEG")
 _YEAR_DIR = re.compile(r"^VOC20\d\d$")
 
 # Which split each kind of domain trains on and is scored on, in order of preference.
@@ -258,16 +258,16 @@ def _choose_classes(
             classes = "voc-art"
         else:
             classes = "voc"
-    if isinstance(classes, str):
-        if classes in CLASS_SETS:
-            return classes, CLASS_SETS[classes]
-        classes = classes.split(",")
-    chosen = tuple(c.strip().lower() for c in classes)
-    if not chosen or not all(chosen) or len(set(chosen)) != len(chosen):
-        raise ClipgapError(
-            f"--classes {','.join(classes)!r} is not a class set ({', '.join(CLASS_SETS)}) nor a "
-            "comma-separated list of distinct class names"
-        )
+    if isinstance(classes, str) and classes in CLASS_SETS:
+        return classes, CLASS_SETS[classes]
+    text = classes if isinstance(classes, str) else ",".join(classes)
+    try:
+        chosen = tuple(parse_classes(text))
+        # VOC XML names are matched without case, so names must differ in more than case.
+        check_classes([c.lower() for c in chosen], "--classes, without case,")
+    except ClipgapError as err:
+        sets = ", ".join(CLASS_SETS)
+        raise ClipgapError(f"--classes {text!r} is not a class set ({sets}): {err}") from None
     return "custom", chosen
 
 
@@ -340,6 +340,7 @@ def _convert_split(
     merged = len(domain.voc_dirs) > 1
     image_dir = domain.voc_dirs[0].parent if merged else domain.voc_dirs[0] / "JPEGImages"
     category = {name: i + 1 for i, name in enumerate(classes)}
+    category_of = {name.lower(): i for name, i in category.items()}  # XML object names are lowercased
     listings = {voc_dir: set(os.listdir(voc_dir / "JPEGImages")) for voc_dir in domain.voc_dirs}
     summary = SplitSummary(domain.name, split)
     images, annotations, seen = [], [], set()
@@ -358,13 +359,13 @@ def _convert_split(
         kept = 0
         xml_file = voc_dir / "Annotations" / f"{image_id}.xml"
         for name, difficult, box in objects:
-            bbox = _coco_box(name, box, width, height, classes, xml_file, issues)
+            bbox = _coco_box(name, box, width, height, category_of, xml_file, issues)
             if bbox is None:
                 continue
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": len(images),
-                "category_id": category[name],
+                "category_id": category_of[name],
                 "bbox": bbox,
                 "area": _number(bbox[2] * bbox[3]),
                 "iscrowd": int(difficult),
@@ -390,7 +391,8 @@ def _read_image(voc_dir: Path, image_id: str, listing: set[str], issues: Issues)
         issues.add("image", MALFORMED_XML, xml_file, str(err))
         return None
     ann = tree.getroot()
-    candidates = [image_id + suffix for suffix in IMAGE_SUFFIXES] + [(ann.findtext("filename") or "").strip()]
+    suffixes = [s for suffix in IMAGE_SUFFIXES for s in (suffix, suffix.upper())]
+    candidates = [image_id + suffix for suffix in suffixes] + [(ann.findtext("filename") or "").strip()]
     file_name = next((c for c in candidates if c in listing), None)
     if file_name is None:
         issues.add("image", MISSING_IMAGE, voc_dir / "JPEGImages" / f"{image_id}.jpg")
@@ -421,7 +423,8 @@ def _parse_size(size: tuple[str | None, str | None]) -> tuple[float, float] | No
 
 
 def _coco_box(name, box, width, height, classes, xml_file, issues) -> list[float] | None:
-    """The COCO `[x, y, w, h]` of a VOC box clipped to the image, or None if it is unusable."""
+    """The COCO `[x, y, w, h]` of a VOC box clipped to the image, or None if it is unusable
+    (`classes`: the lowercased class names)."""
     if name not in classes:
         issues.add("object", UNKNOWN_CLASS, xml_file, repr(name))
         return None

@@ -1,6 +1,6 @@
 """The dataset spec `clipgap-data.json`: classes, domains and splits, validated on load.
 
-A prepared dataset is a directory holding this file (DESIGN §5). `optimize-augs`, `train`
+A prepared dataset is a directory holding this file (docs/data.md). `optimize-augs`, `train`
 and `evaluate` read a dataset only through `load_spec`, so a domain name means the same
 thing in every stage. The format (docs/data.md):
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,8 @@ from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import atomic_write
 
 SPEC_NAME = "clipgap-data.json"
+# The image files clipgap reads (any case): in VOC trees, and given to `predict`.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPEC_FORMAT = 1
 ROLES = ("source", "target")
 DEFAULT_TRAIN_SPLIT = "train"
@@ -253,3 +255,28 @@ def _resolve(root: Path, value: Any, where: str, fail: Fail) -> Path:
     if not isinstance(value, str) or not value:
         raise fail(f"{where}: paths must be non-empty strings")
     return Path(os.path.normpath(root / Path(value).expanduser()))
+
+
+def load_run_dataset(data: Path, class_names: Sequence[str]) -> DataSpec:
+    """The dataset spec at `data`, refused unless its classes are a run's `class_names` (those
+    of its class text embeddings), in the same order (label c means the same class in both)."""
+    spec = load_spec(data)
+    if list(spec.classes) != list(class_names):
+        raise ClipgapError(
+            f"the dataset's classes ({', '.join(spec.classes)}) differ from the run's class text "
+            f"embeddings ({', '.join(class_names)}); use the dataset the run was made for, or a run "
+            "whose `clipgap encode-prompts --classes-from` read this dataset's annotations"
+        )
+    return spec
+
+
+def set_dataset(dataset: Any, split: Split, metainfo: dict) -> None:
+    """Point an mmengine dataset config at a split of the spec (absolute paths, no data_root); a dataset
+    wrapper (ClassBalancedDataset, RepeatDataset) passes it to the dataset it wraps."""
+    if "dataset" in dataset:
+        set_dataset(dataset.dataset, split, metainfo)
+        return
+    dataset.data_root = ""
+    dataset.ann_file = str(split.ann_file)
+    dataset.data_prefix = dict(img=f"{split.image_dir}/")
+    dataset.metainfo = metainfo

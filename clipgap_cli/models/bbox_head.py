@@ -3,30 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from mmdet.models.roi_heads.bbox_heads import BBoxHead
 from mmdet.registry import MODELS
 from torch import nn
 
 from clipgap_cli.models.clip_resnet import ClipRoIFeatures
-from clipgap_cli.models.config_tensors import decode_tensor
-from clipgap_cli.stages.encode_prompts import read_text_embeddings
+from clipgap_cli.models.text_classifier import ClassEmbeddings, TextClassifier
 
 CLASSIFIERS = ("text", "linear")
 
 
 @MODELS.register_module()
-class CLIPBBoxHead(BBoxHead):
+class CLIPBBoxHead(TextClassifier, BBoxHead):
     """The bbox head of `StandardRoIHead` over `CLIPResLayer4Head`'s `ClipRoIFeatures`.
 
     Classification, from the region embedding e (R, D), into K classes and the background
     (index K, last, as mmdet wants), with softmax cross-entropy:
-        classifier='text' (the method): logits = [logit_scale · cos(e, t_c)]_c ++ [0], with
-            t_c the frozen CLIP text embeddings of the class prompts: no weight, no bias, no
-            learnable background, as the reference;
+        classifier='text' (the method): the `TextClassifier` logits = [logit_scale · cos(e, t_c)]_c
+            ++ [0], with t_c the frozen CLIP text embeddings of the class prompts: no weight,
+            no bias, no learnable background, as the reference;
         classifier='linear' (the ablation): a trainable Linear(D, K + 1).
     Regression: a class-specific Linear(C4, 4K) on the pooled layer4 output (R, C4), init
     normal std 0.001, bias 0; deltas with target_stds (0.1, 0.1, 0.2, 0.2); L1 loss.
@@ -37,12 +34,10 @@ class CLIPBBoxHead(BBoxHead):
         in_channels: C4, the channels of layer4 (2048 for RN50/RN101).
         embed_dim: D, CLIP's embedding size (RN101 512, RN50 1024).
         classifier: 'text' or 'linear'.
-        class_embeddings: the text classifier's (K, D) class embeddings: the text-embeddings
-            artifact of `clipgap encode-prompts` (`prompts/text_embeddings.pt`, its `classes`),
-            or the embeddings themselves as nested lists or an `encode_tensor` dict (a config
-            that needs no run directory, as `clipgap export` writes). L2-normalised and kept
-            as the frozen buffer `class_embeddings`, saved in checkpoints. Not used by the
-            linear classifier.
+        class_embeddings: the text classifier's (K, D) class embeddings (`ClassEmbeddings`: the
+            run's text-embeddings artifact, or the values). L2-normalised and kept as the
+            frozen buffer `class_embeddings`, saved in checkpoints. Not used by the linear
+            classifier.
         logit_scale: the cosine's fixed scale (the reference: 100).
 
     `forward(x: ClipRoIFeatures)` -> `(cls_score (R, K + 1), bbox_pred (R, 4K))`.
@@ -55,7 +50,7 @@ class CLIPBBoxHead(BBoxHead):
         in_channels: int,
         embed_dim: int,
         classifier: str = "text",
-        class_embeddings: str | Path | Sequence[Sequence[float]] | dict | None = None,
+        class_embeddings: ClassEmbeddings | None = None,
         logit_scale: float = 100.0,
         bbox_coder: dict | None = None,
         loss_cls: dict | None = None,
@@ -92,19 +87,15 @@ class CLIPBBoxHead(BBoxHead):
                 raise ValueError(
                     "CLIPBBoxHead's text classifier needs class_embeddings: a file or (K, D) lists"
                 )
-            embeddings = class_embeddings_of(class_embeddings, embed_dim, num_classes)
-            self.register_buffer("class_embeddings", embeddings)  # (K, D)
+            self.init_text_classifier(class_embeddings, embed_dim, num_classes, logit_scale, background=True)
         # Set by `set_vocabulary`; derived state, so not saved: checkpoints keep the trained classes.
-        self.register_buffer("vocabulary", None, persistent=False)  # (K', D)
         self.register_buffer("reg_classes", None, persistent=False)  # (K',)
 
     def forward(self, x: ClipRoIFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         if self.classifier == "linear":
             cls_score = self.fc_cls(x.embedding)
         else:
-            classes = self.class_embeddings if self.vocabulary is None else self.vocabulary
-            cosine = F.normalize(x.embedding, dim=-1) @ classes.T  # (R, K)
-            cls_score = torch.cat([self.logit_scale * cosine, cosine.new_zeros(len(cosine), 1)], dim=1)
+            cls_score = self.text_logits(x.embedding)  # (R, K + 1)
         bbox_pred = self.fc_reg(x.pooled)  # (R, 4K)
         if self.reg_classes is not None:
             bbox_pred = bbox_pred.view(len(bbox_pred), -1, 4)[:, self.reg_classes].flatten(1)  # (R, 4K')
@@ -113,7 +104,7 @@ class CLIPBBoxHead(BBoxHead):
     @torch.no_grad()
     def set_vocabulary(
         self,
-        class_embeddings: torch.Tensor | Sequence[Sequence[float]] | str | Path | None,
+        class_embeddings: ClassEmbeddings | None,
         reg_classes: torch.Tensor | Sequence[int] | None = None,
     ) -> None:
         """Detect other classes with the trained text classifier, without retraining (inference).
@@ -129,40 +120,18 @@ class CLIPBBoxHead(BBoxHead):
             raise ValueError("only the text classifier can change its vocabulary; the linear one is trained")
         trained = len(self.class_embeddings)
         if class_embeddings is None:
-            self.vocabulary = self.reg_classes = None
+            super().set_vocabulary(None)
+            self.reg_classes = None
             self.num_classes = trained
             return
-        vocabulary = class_embeddings_of(class_embeddings, self.embed_dim, count=None)
-        vocabulary = vocabulary.to(self.class_embeddings.device)
+        previous = self.vocabulary
+        super().set_vocabulary(class_embeddings)
+        vocabulary = self.vocabulary
         if reg_classes is None:
             reg_classes = (vocabulary @ self.class_embeddings.T).argmax(dim=1)
         reg_classes = torch.as_tensor(reg_classes, dtype=torch.long, device=vocabulary.device)
         if reg_classes.shape != (len(vocabulary),) or ((reg_classes < 0) | (reg_classes >= trained)).any():
+            self.vocabulary = previous
             raise ValueError(f"reg_classes must give one trained class (0..{trained - 1}) per new class")
-        self.vocabulary, self.reg_classes = vocabulary, reg_classes
+        self.reg_classes = reg_classes
         self.num_classes = len(vocabulary)
-
-
-def _class_embeddings(source: torch.Tensor | Sequence[Sequence[float]] | dict | str | Path) -> torch.Tensor:
-    """The (K, D) class embeddings of a text-embeddings artifact file, or given as a tensor, lists
-    or an `encode_tensor` dict."""
-    if not isinstance(source, str | Path):
-        return decode_tensor(source)
-    return read_text_embeddings(Path(source)).classes
-
-
-def class_embeddings_of(
-    source: torch.Tensor | Sequence[Sequence[float]] | str | Path, embed_dim: int, count: int | None
-) -> torch.Tensor:
-    """A text classifier's class embeddings (K, D), float and L2-normalised, from a text-embeddings
-    artifact file or given as a tensor or lists; D checked against `embed_dim`, K against
-    `count` unless it is None."""
-    embeddings = _class_embeddings(source)
-    shape = tuple(embeddings.shape)
-    if len(shape) != 2 or shape[1] != embed_dim or shape[0] == 0 or count not in (None, shape[0]):
-        expected = f"({'K' if count is None else count}, {embed_dim})"
-        raise ValueError(
-            f"the class embeddings must be {expected} (classes x CLIP embedding size), got "
-            f"{shape}: they were made for other classes or another CLIP model"
-        )
-    return F.normalize(embeddings.float(), dim=-1)

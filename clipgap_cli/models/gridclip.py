@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +19,8 @@ from torch import nn
 
 from clipgap_cli.clip.model import load_clip
 from clipgap_cli.clip.split import STEM, attnpool_dense, v_a, v_b
-from clipgap_cli.models.bbox_head import class_embeddings_of
 from clipgap_cli.models.clip_resnet import _CLIPParts
+from clipgap_cli.models.text_classifier import ClassEmbeddings, TextClassifier
 
 DENSE = ("v_proj", "c_proj")  # the parts of attnpool that the dense embeddings use
 
@@ -76,11 +75,12 @@ class GridCLIPBackbone(_CLIPParts):
 
 
 @MODELS.register_module()
-class GridCLIPHead(FCOSHead):
+class GridCLIPHead(TextClassifier, FCOSHead):
     """FCOS's head with a text classifier: grid-level alignment.
 
     The classification branch ends in `conv_cls`, a 3x3 convolution to D channels (CLIP's
-    embedding space) instead of K; each location's embedding e scores class c as
+    embedding space) instead of K; each location's embedding e scores class c as the
+    `TextClassifier` does, with scale 1 / temperature and a learnt bias:
         logit_c = cos(e, t_c) / temperature + bias,
     t_c the frozen text embedding of class c, `bias` one learnable scalar shared by all
     classes (initialised to the focal loss's prior, log(p / (1 - p)), p = `prior_prob`). Both
@@ -92,9 +92,9 @@ class GridCLIPHead(FCOSHead):
         num_classes: K.
         in_channels: the FPN's channels.
         embed_dim: D, CLIP's embedding size (RN50 1024, RN101 512).
-        class_embeddings: the (K, D) class text embeddings: the run's text-embeddings
-            artifact (`prompts/text_embeddings.pt`) or nested lists, as for `CLIPBBoxHead`;
-            kept L2-normalised as the frozen buffer `class_embeddings`, saved in checkpoints.
+        class_embeddings: the (K, D) class text embeddings (`ClassEmbeddings`), as for
+            `CLIPBBoxHead`; kept L2-normalised as the frozen buffer `class_embeddings`, saved
+            in checkpoints.
         temperature: τ of the cosine (default 0.07, CLIP's initial temperature).
         prior_prob: the initial probability of every class at every location.
         **kwargs: FCOSHead's.
@@ -107,7 +107,7 @@ class GridCLIPHead(FCOSHead):
         num_classes: int,
         in_channels: int,
         embed_dim: int,
-        class_embeddings: str | Path | Sequence[Sequence[float]] | dict | None = None,
+        class_embeddings: ClassEmbeddings | None = None,
         temperature: float = 0.07,
         prior_prob: float = 0.01,
         init_cfg: dict | list | None = None,
@@ -126,13 +126,11 @@ class GridCLIPHead(FCOSHead):
             raise ValueError("GridCLIPHead needs class_embeddings: a file or (K, D) lists")
         if temperature <= 0 or not 0 < prior_prob < 1:
             raise ValueError("GridCLIPHead needs temperature > 0 and 0 < prior_prob < 1")
-        self.register_buffer(
-            "class_embeddings", class_embeddings_of(class_embeddings, embed_dim, num_classes)
-        )
-        # Set by `set_vocabulary`; derived state, so not saved: checkpoints keep the trained classes.
-        self.register_buffer("vocabulary", None, persistent=False)  # (K', D)
         self.temperature = temperature
-        self.bias = nn.Parameter(torch.tensor(math.log(prior_prob / (1 - prior_prob))))
+        prior_logit = math.log(prior_prob / (1 - prior_prob))
+        self.init_text_classifier(
+            class_embeddings, embed_dim, num_classes, 1 / temperature, bias=prior_logit, dim=1
+        )
 
     def _init_predictor(self) -> None:
         super()._init_predictor()
@@ -141,27 +139,13 @@ class GridCLIPHead(FCOSHead):
     def forward_single(self, x, scale, stride) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One FPN level (N, C, H, W) -> logits (N, K, H, W), boxes (N, 4, H, W), centerness (N, 1, H, W)."""
         embedding, bbox_pred, centerness = super().forward_single(x, scale, stride)
-        return self.text_logits(embedding), bbox_pred, centerness
-
-    def text_logits(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Grid-level alignment: location embeddings (N, D, H, W) -> logits (N, K, H, W)."""
-        classes = self.class_embeddings if self.vocabulary is None else self.vocabulary
-        cosine = torch.einsum("ndhw,kd->nkhw", F.normalize(embedding, dim=1), classes.to(embedding.dtype))
-        return cosine / self.temperature + self.bias
+        return self.text_logits(embedding), bbox_pred, centerness  # grid-level alignment
 
     @torch.no_grad()
-    def set_vocabulary(self, class_embeddings: torch.Tensor | Sequence[Sequence[float]] | str | Path | None):
-        """Detect other classes without retraining (inference): `class_embeddings` (K', D) as for
-        the constructor, or None for the trained classes. Labels then index the new classes.
-        The buffer `class_embeddings` and the checkpoint format stay as trained."""
-        if class_embeddings is None:
-            self.vocabulary = None
-        else:
-            vocabulary = class_embeddings_of(class_embeddings, self.embed_dim, count=None)
-            self.vocabulary = vocabulary.to(self.class_embeddings.device)
-        self.num_classes = self.cls_out_channels = len(
-            self.class_embeddings if self.vocabulary is None else self.vocabulary
-        )
+    def set_vocabulary(self, class_embeddings: ClassEmbeddings | None) -> None:
+        """`TextClassifier.set_vocabulary`; the head's outputs follow the classes."""
+        super().set_vocabulary(class_embeddings)
+        self.num_classes = self.cls_out_channels = len(self.classes)
 
 
 @MODELS.register_module()

@@ -9,8 +9,7 @@ import torch
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
-from clipgap_cli.models.config_tensors import decode_tensor
-from clipgap_cli.stages.optimize_augs import read_offsets
+from clipgap_cli.artifacts import decode_tensor, read_offsets
 
 
 @MODELS.register_module()

@@ -4,39 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from clipgap_cli.artifacts import TextEmbeddings, load_text_embeddings
 from clipgap_cli.clip.model import clip_identity, load_clip
 from clipgap_cli.clip.prompts import CLASS_TEMPLATE, SOURCE_PROMPT, encode_texts, tokenize
+from clipgap_cli.data.classes import check_classes, parse_classes
 from clipgap_cli.data.convert import DWD_CLASSES
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import MANIFEST, TEXT_EMBEDDINGS, Run
 
 STAGE = "encode-prompts"
-FORMAT = 1
-
-
-@dataclass(frozen=True)
-class TextEmbeddings:
-    """The text embeddings every later stage uses, float32 and L2-normalised, with the exact
-    strings they encode and the CLIP model that encoded them."""
-
-    source: torch.Tensor  # (D,): the source-domain prompt t_s
-    targets: torch.Tensor  # (M, D): the target-domain prompts t_j, in file order
-    classes: torch.Tensor  # (K, D): the class prompts, in class order
-    source_prompt: str
-    target_prompts: list[str]
-    class_names: list[str]
-    class_template: str
-    class_prompts: list[str]  # class_template filled with each class name
-    clip: dict[str, str | None]  # the CLIP identity, as in the manifest
-
-    def to_dict(self) -> dict:
-        """The artifact's content: tensors, strings, lists and dicts only (loads with weights_only=True)."""
-        return {"format": FORMAT, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
 
 @dataclass(frozen=True)
@@ -54,7 +35,7 @@ def parse_class_names(classes: str | None = None, classes_from: Path | None = No
     if classes_from is not None:
         return _coco_category_names(classes_from)
     if classes is not None:
-        return [name.strip() for name in classes.split(",")]
+        return parse_classes(classes)
     return list(DWD_CLASSES)
 
 
@@ -84,7 +65,7 @@ def encode_prompts(
         raise ClipgapError(
             f"the target prompt {source_prompt!r} is the source prompt; a target must describe another domain"
         )
-    _check_class_names(class_names)
+    check_classes(class_names, "the class list")
     if class_template.count("{}") != 1:
         raise ClipgapError(
             f"the class template {class_template!r} must contain {{}} exactly once, where the class name goes"
@@ -132,36 +113,6 @@ def encode_prompts(
         clip=identity,
     )
     return EncodeResult(out.path(TEXT_EMBEDDINGS), result, changed=True)
-
-
-def load_text_embeddings(run: Run | Path | str) -> TextEmbeddings:
-    """The verified text embeddings of a run (refused if missing, modified, or of another format)."""
-    run = run if isinstance(run, Run) else Run.open(run)
-    return read_text_embeddings(run.verified_path(TEXT_EMBEDDINGS))
-
-
-def read_text_embeddings(path: Path) -> TextEmbeddings:
-    """A text-embeddings file as `encode-prompts` writes it, by path (for configs that name it)."""
-    if not path.is_file():
-        raise ClipgapError(f"no text embeddings at {path}; make them with `clipgap {STAGE}`")
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.pop("format", None) != FORMAT:
-        raise ClipgapError(
-            f"{path} is not a text-embeddings file of format {FORMAT}; re-run `clipgap {STAGE} --force`"
-        )
-    return TextEmbeddings(**data)
-
-
-def _check_class_names(names: Sequence[str]) -> None:
-    if not names:
-        raise ClipgapError("no class names; pass --classes a,b,c or --classes-from a COCO json")
-    seen = set()
-    for name in names:
-        if not name:
-            raise ClipgapError(f"a class name is empty in {list(names)}; separate the names by single commas")
-        if name in seen:
-            raise ClipgapError(f"the class name {name!r} appears twice; class names must be distinct")
-        seen.add(name)
 
 
 def _coco_category_names(path: Path) -> list[str]:

@@ -7,7 +7,6 @@ import contextlib
 import copy
 import io
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -17,6 +16,8 @@ from typing import Any
 import torch
 from mmengine.config import Config
 
+from clipgap_cli.artifacts import find_checkpoint, load_text_embeddings, recorded_checkpoint, run_config
+from clipgap_cli.data.spec import load_run_dataset, set_dataset
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.evaluation.metrics import (
     VOC_MODES,
@@ -27,10 +28,8 @@ from clipgap_cli.evaluation.metrics import (
     voc_ap50,
 )
 from clipgap_cli.evaluation.report import write_chart
-from clipgap_cli.rundir import EVAL_DIR, WORK_DIR, Run, sha256_of
-from clipgap_cli.stages.encode_prompts import load_text_embeddings
-from clipgap_cli.stages.train import CONFIG_NAME, load_run_dataset, set_dataset
-from clipgap_cli.stages.train import STAGE as TRAIN_STAGE
+from clipgap_cli.models.detectors import build_detector
+from clipgap_cli.rundir import EVAL_DIR, Run
 
 STAGE = "evaluate"
 METRICS = (*VOC_MODES, "coco")
@@ -41,67 +40,12 @@ Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    """The weights to evaluate: their path, their path in the run (None for a file outside it),
-    their sha256, and the stem that names the evaluation's json and chart."""
-
-    path: Path
-    rel: str | None
-    sha256: str
-
-    @property
-    def stem(self) -> str:
-        return self.path.stem
-
-
-@dataclass(frozen=True)
 class Evaluation:
     """What `evaluate` wrote: the json's content and the paths of the json and the chart."""
 
     report: dict[str, Any]
     json_rel: str
     chart_rel: str
-
-
-def find_checkpoint(run: Run, which: str) -> Checkpoint:
-    """`best` (the best on the source's evaluation split), `last` (the highest iteration) or a
-    path: a run's checkpoint is verified against the manifest, a file outside it taken as is."""
-    if which in ("best", "last"):
-        rel = _recorded_checkpoint(run, which)
-    else:
-        path = Path(which)
-        if not path.is_file():
-            raise ClipgapError(f"--checkpoint {which}: no such file; use best, last or a checkpoint file")
-        resolved, root = path.resolve(), run.root.resolve()
-        rel = resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else None
-        if rel not in _recorded(run):
-            return Checkpoint(path, None, sha256_of(path))
-    return Checkpoint(run.path(rel), rel, run.verified(rel).sha256)
-
-
-def _recorded(run: Run) -> list[str]:
-    """The run's checkpoints, as `train` recorded them."""
-    return sorted(
-        rel for rel, a in run.artifacts().items() if a.stage == TRAIN_STAGE and rel.endswith(".pth")
-    )
-
-
-def _recorded_checkpoint(run: Run, which: str) -> str:
-    """The manifest path of the run's `best` or `last` checkpoint (not yet verified)."""
-    recorded = _recorded(run)
-    if not recorded:
-        raise ClipgapError(f"run directory {run.root} has no trained checkpoint; run `clipgap train` first")
-    prefix = "best_" if which == "best" else "iter_"
-    candidates = [rel for rel in recorded if Path(rel).name.startswith(prefix)]
-    if not candidates:
-        other = "last" if which == "best" else "best"
-        raise ClipgapError(f"run directory {run.root} has no {which} checkpoint; pass --checkpoint {other}")
-    return max(candidates, key=_iteration)
-
-
-def _iteration(rel: str) -> int:
-    match = re.search(r"iter_(\d+)\.pth$", rel)
-    return int(match.group(1)) if match else -1
 
 
 def evaluate(
@@ -121,14 +65,14 @@ def evaluate(
         raise ClipgapError(f"--metric must be one of {', '.join(METRICS)}, not {metric!r}")
     run = Run.open(run_path)
     text = load_text_embeddings(run)
-    spec = load_run_dataset(data, text) if data is not None else None
+    spec = load_run_dataset(data, text.class_names) if data is not None else None
     weights = find_checkpoint(run, checkpoint)
     if spec is None:
         # The dataset the checkpoint was trained on, as its manifest entry records it.
         trained = run.artifact(weights.rel) if weights.rel else None
         if trained is None or "data" not in trained.options:
             raise ClipgapError(f"pass --data: {weights.path} records no dataset it was trained on")
-        spec = load_run_dataset(Path(trained.options["data"]), text)
+        spec = load_run_dataset(Path(trained.options["data"]), text.class_names)
     domains = [d.name for d in spec.domains] if domain == ALL else [spec.domain(domain).name]
     model, cfg = build_detector(run_config(run), weights.path, device)
     results = {}
@@ -175,7 +119,7 @@ def stored_evaluation(run_path: Path, checkpoint: str = "best") -> dict[str, Any
     """The verified eval json of a run's checkpoint, as `evaluate` wrote it."""
     run = Run.open(run_path)
     # Only the checkpoint's name is needed here: the json it names is verified.
-    rel = f"{EVAL_DIR}/{Path(_recorded_checkpoint(run, checkpoint)).stem}.json"
+    rel = f"{EVAL_DIR}/{Path(recorded_checkpoint(run, checkpoint)).stem}.json"
     if run.artifact(rel) is None:
         raise ClipgapError(f"{run.root} has no {rel}; run `clipgap evaluate --run {run.root}` first")
     return json.loads(run.verified_path(rel).read_text(encoding="utf-8"))
@@ -188,45 +132,6 @@ def _previous(run: Run, json_rel: str, checkpoint_sha: str) -> dict[str, Any]:
         return {}
     earlier = json.loads(run.path(json_rel).read_text(encoding="utf-8"))
     return earlier["domains"] if earlier.get("checkpoint_sha256") == checkpoint_sha else {}
-
-
-def run_config(run: Run) -> Path:
-    """The config `train` composed for the run (`train/clipgap_config.py`)."""
-    config_path = run.path(f"{WORK_DIR}/{CONFIG_NAME}")
-    if not config_path.is_file():
-        raise ClipgapError(f"{config_path} is missing; re-run `clipgap train` for this run directory")
-    return config_path
-
-
-def build_detector(config: Path | Config, checkpoint: Path, device: str):
-    """The detector of a config (a file or loaded) with a checkpoint's weights, in eval mode;
-    and the config."""
-    from mmdet.apis import init_detector
-
-    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
-    try:
-        # mmengine prints the checkpoint loader's name ("Loads checkpoint by ...") on stdout.
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = init_detector(cfg, str(checkpoint), device=device)
-    # Many types, for a file that is not a checkpoint (unpickling) or not this detector's (shapes).
-    except Exception as err:
-        raise ClipgapError(
-            f"cannot load checkpoint {checkpoint} into the detector of {cfg.filename}: "
-            f"{type(err).__name__}: {err}"
-        ) from None
-    return model, cfg
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """An mmengine checkpoint file's content (`state_dict`, `meta`, ...), refused with one line
-    if the file is not one."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # the user's own file
-    except Exception as err:  # unpickling raises many types on a file that is not a checkpoint
-        raise ClipgapError(f"{path} is not a checkpoint: {type(err).__name__}: {err}") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise ClipgapError(f"{path} is not an MMDetection checkpoint: it has no state_dict")
-    return checkpoint
 
 
 def _infer(

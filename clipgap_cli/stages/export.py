@@ -23,48 +23,31 @@ import pprint
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from mmengine.config import Config
 
+from clipgap_cli.artifacts import (
+    BUNDLE_CONFIG,
+    BUNDLE_FORMAT,
+    BUNDLE_INFO,
+    BUNDLE_README,
+    BUNDLE_WEIGHTS,
+    Bundle,
+    find_checkpoint,
+    load_text_embeddings,
+    read_checkpoint,
+    run_config,
+)
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.models.config_tensors import encode_tensor
+from clipgap_cli.models.detectors import self_contained_model
 from clipgap_cli.rundir import Run, describe_clip, sha256_of
-from clipgap_cli.stages.encode_prompts import load_text_embeddings
-from clipgap_cli.stages.evaluate import find_checkpoint, read_checkpoint, run_config
 from clipgap_cli.versions import stack_versions
-
-BUNDLE_FORMAT = 1
-INFO = "bundle.json"
-CONFIG = "config.py"
-WEIGHTS = "model.pth"
-README = "README.md"
 
 # Of the composed training config, what inference needs besides the model and the test data.
 _RUNTIME_KEYS = ("default_scope", "custom_imports", "backend_args")
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """An exported model: its directory and its `bundle.json`."""
-
-    root: Path
-    info: dict[str, Any]
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG
-
-    @property
-    def weights(self) -> Path:
-        return self.root / WEIGHTS
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.info["classes"])
 
 
 def export(run_path: Path, out: Path, checkpoint: str = "best", *, force: bool = False) -> Bundle:
@@ -105,13 +88,13 @@ def export(run_path: Path, out: Path, checkpoint: str = "best", *, force: bool =
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging.mkdir()  # with the umask's mode, as the bundle directory should have
-        (staging / CONFIG).write_text(config_text, encoding="utf-8")
+        (staging / BUNDLE_CONFIG).write_text(config_text, encoding="utf-8")
         meta = {"dataset_meta": {"classes": classes}, "iter": info["checkpoint"]["iter"]}
-        torch.save({"meta": meta, "state_dict": state_dict}, staging / WEIGHTS)
+        torch.save({"meta": meta, "state_dict": state_dict}, staging / BUNDLE_WEIGHTS)
         _check_loads(staging)
-        info["files"] = {name: sha256_of(staging / name) for name in (CONFIG, WEIGHTS)}
-        (staging / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        (staging / README).write_text(_readme(info), encoding="utf-8")
+        info["files"] = {name: sha256_of(staging / name) for name in (BUNDLE_CONFIG, BUNDLE_WEIGHTS)}
+        (staging / BUNDLE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        (staging / BUNDLE_README).write_text(_readme(info), encoding="utf-8")
         for file in staging.iterdir():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
@@ -123,44 +106,15 @@ def export(run_path: Path, out: Path, checkpoint: str = "best", *, force: bool =
     return Bundle(out, info)
 
 
-def load_bundle(path: Path) -> Bundle:
-    """The bundle at `path`, after checking that this clipgap reads its format and that its
-    files are the ones it was exported with."""
-    info_path = Path(path) / INFO
-    if not info_path.is_file():
-        raise ClipgapError(
-            f"{path} is not a clipgap bundle: it has no {INFO} (make one with `clipgap export`)"
-        )
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        version = info["format"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise ClipgapError(f"{info_path} is corrupt; export the model again") from None
-    if version != BUNDLE_FORMAT:
-        made_by = (info.get("versions") or {}).get("clipgap", "another version")
-        raise ClipgapError(
-            f"{path} is a bundle of format {version} (clipgap {made_by}); this clipgap reads format "
-            f"{BUNDLE_FORMAT}: export the model again with this clipgap, or install the one that made it"
-        )
-    bundle = Bundle(Path(path), info)
-    for name, sha256 in info.get("files", {}).items():
-        file = bundle.root / name
-        if not file.is_file() or sha256_of(file) != sha256:
-            raise ClipgapError(f"{file} is missing or was changed after export; export the model again")
-    return bundle
-
-
 def bundle_config(cfg: Config, state_dict: dict[str, torch.Tensor], classes: list[str]) -> str:
     """The text of a config that builds the trained detector from the bundle alone.
 
-    Every `class_embeddings` and `offsets` entry of the model config, a file of the run, is
-    replaced by the values the trained model holds (its buffers `<module>.class_embeddings`
-    and `<module>.offset_means`; the config's nesting is the model's), every CLIP is built
-    without weights (the checkpoint holds them), and the test data keeps its pipeline and
-    classes but no paths. The tensors are written as `encode_tensor` text, which reads back
-    bit for bit.
+    The model config's run files are replaced by the values the trained model holds, and
+    every CLIP is built without weights (`self_contained_model`); the test data keeps its
+    pipeline and classes but no paths. The tensors are written as `encode_tensor` text,
+    which reads back bit for bit.
     """
-    model = _self_contained(cfg.model.to_dict(), "", state_dict)
+    model = self_contained_model(cfg.model, state_dict)
     dataset = cfg.test_dataloader.dataset
     pipeline = [step for step in dataset.pipeline if step["type"] != "LoadAnnotations"]  # no annotations
     sections = {key: cfg[key] for key in _RUNTIME_KEYS if key in cfg}
@@ -188,33 +142,6 @@ def bundle_config(cfg: Config, state_dict: dict[str, torch.Tensor], classes: lis
     return header + body + "\n"
 
 
-def _self_contained(node: Any, prefix: str, state_dict: dict[str, torch.Tensor]) -> Any:
-    """A model config with its run files replaced by the trained values (see `bundle_config`)."""
-    if isinstance(node, list | tuple):
-        return type(node)(_self_contained(item, prefix, state_dict) for item in node)
-    if not isinstance(node, dict):
-        return node
-    result = {}
-    for key, value in node.items():
-        if key == "clip" and isinstance(value, dict):
-            value = {**value, "pretrained": None}
-        elif key == "class_embeddings" and isinstance(value, str):
-            # None where the component keeps no embeddings (the linear classifier ignores them).
-            buffer = state_dict.get(f"{prefix}class_embeddings")
-            value = None if buffer is None else encode_tensor(buffer)
-        elif key == "offsets" and isinstance(value, str):
-            buffer = state_dict.get(f"{prefix}offset_means")
-            if buffer is None:
-                raise ClipgapError(
-                    f"the checkpoint has no {prefix}offset_means for the config's offsets; "
-                    "it was not trained with this config"
-                )
-            result["offset_means"] = encode_tensor(buffer)
-            value = None
-        result[key] = _self_contained(value, f"{prefix}{key}.", state_dict)
-    return result
-
-
 def _plain(value: Any) -> Any:
     """ConfigDicts as dicts, for `pprint`."""
     return value.to_dict() if hasattr(value, "to_dict") else value
@@ -227,9 +154,9 @@ def _check_loads(bundle_dir: Path) -> None:
     from mmdet.registry import MODELS
 
     mmdet.utils.register_all_modules(init_default_scope=False)
-    cfg = Config.fromfile(str(bundle_dir / CONFIG))
+    cfg = Config.fromfile(str(bundle_dir / BUNDLE_CONFIG))
     model = MODELS.build(cfg.model)
-    state_dict = torch.load(bundle_dir / WEIGHTS, map_location="cpu", weights_only=True)["state_dict"]
+    state_dict = torch.load(bundle_dir / BUNDLE_WEIGHTS, map_location="cpu", weights_only=True)["state_dict"]
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:

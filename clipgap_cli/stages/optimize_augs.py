@@ -1,120 +1,34 @@
-"""Stage `optimize-augs`: learn CLIP the Gap's semantic augmentations A_j (DESIGN §3).
-
-For crops x of source images, with f = V_a(x), z0 = normalize(V_b(f)), the text direction
-Δ_j = normalize(t_j − t_s) and the target q_j = normalize(z0 + Δ_j), each offset A_j
-(C, S, S) is optimised so that z_j = normalize(V_b(f + A_j)) moves to q_j while staying
-close to z0:
-
-    loss = Σ_j [ mean_n (1 − <z_j, q_j>) + mean_{n,d} |z_j − z0| ] / (M + 1)
-
-(the reference divides by the number of prompts, source included). Only A is optimised;
-CLIP's weights never change.
-"""
+"""Stage `optimize-augs`: learn CLIP the Gap's semantic augmentations A_j from random crops of
+the source images, by Adam on the objective of `clipgap_cli.augmentation.objective`; write
+them, a report of how far they move held-out crops, and the loss curve."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from torch import nn
 
+from clipgap_cli.artifacts import load_text_embeddings, offsets_content
+from clipgap_cli.augmentation.objective import alignment, augmentation_loss, text_directions
 from clipgap_cli.clip.model import load_run_clip
-from clipgap_cli.clip.split import v_a, v_b, visual_dims
+from clipgap_cli.clip.split import v_a, visual_dims
 from clipgap_cli.data.spec import load_spec
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import AUGS_LOSS_PLOT, AUGS_REPORT, OFFSETS, TEXT_EMBEDDINGS, Run
-from clipgap_cli.stages.encode_prompts import load_text_embeddings
 
 STAGE = "optimize-augs"
-FORMAT = 1
 CROPS_PER_IMAGE = 15  # the reference takes 15 crops from each of its 4 images per iteration
 DETECTOR_SHORT_SIDE, DETECTOR_MAX_SIDE = 600, 1333  # crop sizes are relative to the detector's input scale
 HELD_OUT_IMAGES = 16
 REPORT_CROPS = 60
-
-
-# -- the loss ------------------------------------------------------------------------------
-
-
-def text_directions(source: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Δ_j = normalize(t_j − t_s): source (D,), targets (M, D) -> (M, D)."""
-    return F.normalize(targets - source, dim=-1)
-
-
-def augmentation_loss(
-    visual: nn.Module, features: torch.Tensor, offsets: torch.Tensor, directions: torch.Tensor
-) -> torch.Tensor:
-    """The loss of all M targets in one batched V_b pass.
-
-    features (N, C, S, S) = V_a(crops), offsets (M, C, S, S), directions (M, D) -> scalar.
-    In training mode, each target's N shifted maps get their own BatchNorm statistics, as
-    they would if each ran alone (the reference loops over targets).
-    """
-    m, n = len(offsets), len(features)
-    with torch.no_grad():
-        z0 = F.normalize(v_b(visual, features), dim=-1)  # (N, D)
-        q = F.normalize(z0 + directions[:, None], dim=-1)  # (M, N, D)
-    shifted = (features[None] + offsets[:, None]).flatten(0, 1)  # (M*N, C, S, S)
-    with per_group_batch_norm(visual, groups=m):
-        z = F.normalize(v_b(visual, shifted), dim=-1).view(m, n, -1)  # (M, N, D)
-    alignment = (1 - (z * q).sum(-1)).mean(dim=1)  # (M,)
-    regulariser = (z - z0).abs().mean(dim=(1, 2))  # (M,)
-    return (alignment + regulariser).sum() / (m + 1)
-
-
-def per_domain_loss(
-    visual: nn.Module, features: torch.Tensor, offsets: torch.Tensor, directions: torch.Tensor
-) -> torch.Tensor:
-    """The same loss written plainly, one target at a time, as the reference computes it
-    (for checks and benchmarks; the stage uses `augmentation_loss`)."""
-    with torch.no_grad():
-        z0 = F.normalize(v_b(visual, features), dim=-1)
-    total = features.new_zeros(())
-    for a_j, delta_j in zip(offsets, directions, strict=True):
-        q_j = F.normalize(z0 + delta_j, dim=-1)
-        z_j = F.normalize(v_b(visual, features + a_j), dim=-1)
-        total = total + (1 - (z_j * q_j).sum(-1)).mean() + F.l1_loss(z_j, z0)
-    return total / (len(offsets) + 1)
-
-
-@contextlib.contextmanager
-def per_group_batch_norm(module: nn.Module, groups: int) -> Iterator[None]:
-    """Within the block, each BatchNorm2d of `module` that is in training mode normalises
-    the `groups` equal consecutive chunks of its batch with separate batch statistics.
-
-    Running statistics are left alone: this stage works on a copy of CLIP that it discards.
-    """
-    norms = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-    for norm in norms:
-        norm.forward = functools.partial(_grouped_batch_norm, norm, groups)
-    try:
-        yield
-    finally:
-        for norm in norms:
-            del norm.forward
-
-
-def _grouped_batch_norm(norm: nn.BatchNorm2d, groups: int, x: torch.Tensor) -> torch.Tensor:
-    if not norm.training:
-        return nn.BatchNorm2d.forward(norm, x)
-    gn, c, h, w = x.shape
-    n = gn // groups
-    # (G*N, C, H, W) -> (N, G*C, H, W): per-channel statistics are then per group and channel.
-    stacked = x.view(groups, n, c, h, w).transpose(0, 1).reshape(n, groups * c, h, w)
-    out = F.batch_norm(
-        stacked, None, None, norm.weight.repeat(groups), norm.bias.repeat(groups), True, 0.0, norm.eps
-    )
-    return out.view(n, groups, c, h, w).transpose(0, 1).reshape(gn, c, h, w)
 
 
 # -- the crops -----------------------------------------------------------------------------
@@ -270,7 +184,7 @@ def optimize_augs(
     optimizer = torch.optim.Adam([offsets], lr=lr)
 
     report_features = _features(visual, report_crops.sample(REPORT_CROPS, np.random.default_rng(seed + 1)))
-    before = _alignment(visual, report_features.to(device), offsets.detach(), directions)
+    before = alignment(visual, report_features.to(device), offsets.detach(), directions)
     losses = []
     for step in range(iters):
         features = _features(visual, crops.sample(crops_per_iter, rng))
@@ -281,14 +195,14 @@ def optimize_augs(
         losses.append(loss.item())
         if on_step is not None:
             on_step(step, losses[-1])
-    after = _alignment(visual, report_features.to(device), offsets.detach(), directions)
+    after = alignment(visual, report_features.to(device), offsets.detach(), directions)
 
-    alignment = [
+    measured = [
         Alignment(prompt, before[0][j], after[0][j], after[1][j])
         for j, prompt in enumerate(text.target_prompts)
     ]
-    _write(run_dir, text, offsets.detach().cpu(), losses, alignment, options, identity)
-    return OptimizeResult(changed=True, losses=losses, alignment=alignment)
+    _write(run_dir, text, offsets.detach().cpu(), losses, measured, options, identity)
+    return OptimizeResult(changed=True, losses=losses, alignment=measured)
 
 
 @torch.no_grad()
@@ -297,32 +211,11 @@ def _features(visual: nn.Module, crops: torch.Tensor) -> torch.Tensor:
     return v_a(visual, crops.to(next(visual.parameters()).device))
 
 
-@torch.no_grad()
-def _alignment(
-    visual: nn.Module, features: torch.Tensor, offsets: torch.Tensor, directions: torch.Tensor
-) -> tuple[list[float], list[float]]:
-    """Per target: mean cos(z_j, q_j) and mean cos(z_j − z0, Δ_j) over the crops."""
-    m, n = len(offsets), len(features)
-    z0 = F.normalize(v_b(visual, features), dim=-1)
-    q = F.normalize(z0 + directions[:, None], dim=-1)
-    with per_group_batch_norm(visual, groups=m):
-        z = F.normalize(v_b(visual, (features[None] + offsets[:, None]).flatten(0, 1)), dim=-1).view(m, n, -1)
-    to_target = (z * q).sum(-1).mean(1)
-    to_direction = F.cosine_similarity(z - z0, directions[:, None].expand_as(z), dim=-1).mean(1)
-    return to_target.tolist(), to_direction.tolist()
-
-
-def _write(run_dir, text, offsets, losses, alignment, options, identity) -> None:
-    artifact = {
-        "format": FORMAT,
-        "offsets": offsets,  # (M, C, S, S)
-        "offset_means": offsets.mean(dim=(2, 3)),  # (M, C): what the detector adds
-        "source_prompt": text.source_prompt,
-        "target_prompts": list(text.target_prompts),
-    }
+def _write(run_dir, text, offsets, losses, measured, options, identity) -> None:
+    artifact = offsets_content(offsets, text.source_prompt, text.target_prompts)
     report = {
         "losses": losses,
-        "alignment": [a.__dict__ for a in alignment],
+        "alignment": [a.__dict__ for a in measured],
     }
     common = dict(stage=STAGE, options=options, inputs=[TEXT_EMBEDDINGS], clip=identity)
     run_dir.write(OFFSETS, lambda tmp: torch.save(artifact, tmp), **common)
@@ -346,20 +239,3 @@ def _plot_losses(losses: list[float], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
     plt.close(fig)
-
-
-def load_offsets(run: Run) -> dict:
-    """The verified A artifact: `offsets` (M, C, S, S), `offset_means` (M, C), the prompts."""
-    return read_offsets(run.verified_path(OFFSETS))
-
-
-def read_offsets(path: Path) -> dict:
-    """An A file as this stage writes it, by path (for configs that name it)."""
-    if not path.is_file():
-        raise ClipgapError(f"no semantic augmentations at {path}; make them with `clipgap {STAGE}`")
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ClipgapError(
-            f"{path} is not an offsets file of format {FORMAT}; re-run `clipgap {STAGE} --force`"
-        )
-    return data

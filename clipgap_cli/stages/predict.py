@@ -15,15 +15,13 @@ import torch
 from mmengine.config import Config
 from PIL import Image, UnidentifiedImageError
 
+from clipgap_cli.artifacts import BUNDLE_INFO, find_checkpoint, load_bundle, load_text_embeddings, run_config
 from clipgap_cli.clip.model import load_run_clip
 from clipgap_cli.clip.prompts import encode_texts, tokenize
+from clipgap_cli.data.spec import IMAGE_SUFFIXES
 from clipgap_cli.errors import ClipgapError
+from clipgap_cli.models.detectors import build_detector
 from clipgap_cli.rundir import MANIFEST, Run, atomic_write, describe_clip
-from clipgap_cli.stages.encode_prompts import load_text_embeddings
-from clipgap_cli.stages.evaluate import build_detector, find_checkpoint, run_config
-from clipgap_cli.stages.export import INFO, load_bundle
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ def open_model(source: Path, checkpoint: str = "best") -> Model:
     """The model of a bundle directory (`clipgap export`), or of a run directory's checkpoint
     (`best`, `last` or a file)."""
     source = Path(source)
-    if (source / INFO).is_file():
+    if (source / BUNDLE_INFO).is_file():
         bundle = load_bundle(source)
         info = bundle.info
         return Model(bundle.config, bundle.weights, bundle.classes, info["class_template"], info["clip"])
@@ -60,20 +58,9 @@ def open_model(source: Path, checkpoint: str = "best") -> Model:
         return Model(run_config(run), weights.path, list(text.class_names), text.class_template, text.clip)
     if not source.exists():
         raise ClipgapError(f"{source} does not exist; give a bundle (clipgap export) or a run directory")
-    raise ClipgapError(f"{source} is neither a clipgap bundle ({INFO}) nor a run directory ({MANIFEST})")
-
-
-def parse_classes(classes: str) -> list[str]:
-    """`"car, bus,tram"` -> `["car", "bus", "tram"]`; refuses an empty list, name or repeat."""
-    names = [name.strip() for name in classes.split(",")]
-    if not any(names):
-        raise ClipgapError('--classes is empty; give class names separated by commas, e.g. "car,bus,tram"')
-    if not all(names):
-        raise ClipgapError(f"--classes {classes!r} has an empty class name; separate names by single commas")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ClipgapError(f"--classes names {', '.join(repeated)} more than once; name each class once")
-    return names
+    raise ClipgapError(
+        f"{source} is neither a clipgap bundle ({BUNDLE_INFO}) nor a run directory ({MANIFEST})"
+    )
 
 
 def find_images(paths: Sequence[Path]) -> list[Path]:

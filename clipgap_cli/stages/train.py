@@ -22,17 +22,16 @@ from typing import Any
 import torch
 from mmengine.config import Config, DictAction
 
+from clipgap_cli.artifacts import load_text_embeddings, recorded_checkpoints
 from clipgap_cli.clip.model import load_run_clip
-from clipgap_cli.clip.split import VisualDims, visual_dims
-from clipgap_cli.data.spec import DataSpec, Split, load_spec
+from clipgap_cli.clip.split import visual_dims
+from clipgap_cli.data.spec import load_run_dataset, set_dataset
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, WORK_DIR, Run, atomic_write
-from clipgap_cli.stages.encode_prompts import TextEmbeddings, load_text_embeddings
+from clipgap_cli.models.detectors import augmentation_of, fill_model
+from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, TRAINED_CONFIG, WORK_DIR, Run, atomic_write
 
 STAGE = "train"
-CONFIGS = Path(__file__).resolve().parents[2] / "mmconfigs"  # clipgap's configs, beside the package
-CONFIG_NAME = "clipgap_config.py"  # the composed config, in the work directory
-AUGMENTATION = "SemanticAugmentation"
+CONFIGS = Path(__file__).resolve().parents[1] / "mmconfigs"  # clipgap's configs, package data
 # `clipgap train --detector`: each detector's default config, inside mmconfigs/.
 DETECTORS = {
     "clipgap": "clipgap/faster-rcnn_clip-rn101_c4_dwd.py",
@@ -94,37 +93,38 @@ def compose_config(
 ) -> tuple[Config, dict[str, Any]]:
     """The config to train with, and the run artifacts it uses; every check before any write.
 
-    Fills in what the run and the dataset decide: the CLIP model of the text embeddings and
-    its sizes, the class embeddings, the semantic augmentations (if the config has them: the
-    C4 detector's neck, GridCLIP's backbone), the dataset's classes and paths, the work
-    directory, seed, AMP, launcher. Refuses a mismatch in one sentence.
+    Fills in what the run and the dataset decide, where the detector's type says
+    (`clipgap_cli.models.detectors`): the CLIP model of the text embeddings and its sizes,
+    the class embeddings, the semantic augmentations (if the config has them), the dataset's
+    classes and paths, the work directory, seed, AMP, launcher. Refuses a mismatch in one
+    sentence.
     """
     try:
         cfg = Config.fromfile(str(config))
     except Exception as err:  # a config is Python: any error in it is the user's to fix
         raise ClipgapError(f"cannot load config {config}: {type(err).__name__}: {err}") from None
     text = load_text_embeddings(run)
-    inputs = [TEXT_EMBEDDINGS]
-    augmentation = _augmentation(cfg.model)
-    if augmentation is not None:
+    try:
+        augmented = augmentation_of(cfg.model) is not None
+    except KeyError as err:
+        raise _incomplete(config, err) from None
+    inputs = [TEXT_EMBEDDINGS, OFFSETS] if augmented else [TEXT_EMBEDDINGS]
+    if augmented:
         run.verified(OFFSETS)
-        inputs.append(OFFSETS)
-    spec = load_run_dataset(data, text)
+    spec = load_run_dataset(data, text.class_names)
     model, identity = load_run_clip(text.clip, pretrained)
     run.check_clip(inputs, identity)
     dims = visual_dims(model.visual)
     clip_cfg = dict(
         name=identity["model"], pretrained=str(pretrained) if pretrained else identity["pretrained"]
     )
+    files = {rel: str(run.path(rel).resolve()) for rel in inputs}
     try:
-        fill_model(cfg.model, clip_cfg, dims, len(text.class_names), str(run.path(TEXT_EMBEDDINGS).resolve()))
+        fill_model(
+            cfg.model, clip_cfg, dims, len(text.class_names), files[TEXT_EMBEDDINGS], files.get(OFFSETS)
+        )
     except (AttributeError, KeyError, TypeError) as err:
-        raise ClipgapError(
-            f"cannot complete config {config}: its model is neither clipgap's C4 Faster R-CNN nor GridCLIP "
-            f"({err}); start from a config in mmconfigs/clipgap/ or mmconfigs/gridclip/"
-        ) from None
-    if augmentation is not None:
-        augmentation.offsets = str(run.path(OFFSETS).resolve())
+        raise _incomplete(config, err) from None
 
     metainfo = dict(classes=tuple(spec.classes))
     source = spec.source.name
@@ -169,74 +169,11 @@ def compose_config(
     return cfg, {"inputs": inputs, "clip": identity, "options": options}
 
 
-def _augmentation(model: Config) -> Config | None:
-    """The config's semantic augmentation: the C4 detector's neck or GridCLIP's backbone part."""
-    for part in (model.get("neck"), model.get("backbone", {}).get("augmentation")):
-        if isinstance(part, dict) and part.get("type") == AUGMENTATION:
-            return part
-    return None
-
-
-def fill_model(
-    m: Config, clip: dict, dims: VisualDims, num_classes: int, class_embeddings: str | list
-) -> None:
-    """Complete a detector config for CLIP `clip` (its `dims`) and `num_classes` classes whose
-    text embeddings are `class_embeddings` (a file or (K, D) lists); raises AttributeError or
-    KeyError on a config that has not the parts of one of clipgap's detectors."""
-    fill = _fill_gridclip if m.get("type") == "GridCLIP" else _fill_faster_rcnn
-    fill(m, clip, dims, num_classes, class_embeddings)
-
-
-def _fill_faster_rcnn(
-    m: Config, clip: dict, dims: VisualDims, num_classes: int, class_embeddings: str | list
-) -> None:
-    """CLIP the Gap's C4 Faster R-CNN: both CLIP parts, the RoI size, C3 / C4 / D, the classes."""
-    m.backbone.clip = clip
-    m.roi_head.shared_head.clip = clip
-    m.roi_head.bbox_roi_extractor.roi_layer.output_size = dims.roi_size
-    m.roi_head.bbox_roi_extractor.out_channels = dims.layer3_channels
-    m.rpn_head.in_channels = m.rpn_head.feat_channels = dims.layer3_channels
-    head = m.roi_head.bbox_head
-    head.in_channels, head.embed_dim, head.num_classes = dims.layer4_channels, dims.embed_dim, num_classes
-    head.class_embeddings = class_embeddings
-
-
-def _fill_gridclip(
-    m: Config, clip: dict, dims: VisualDims, num_classes: int, class_embeddings: str | list
-) -> None:
-    """GridCLIP: the backbone's and the image-level teacher's CLIP, the FPN's inputs (C2, C3, D),
-    D, the classes."""
-    m.backbone.clip = clip
-    if m.get("image_alignment"):
-        m.image_alignment.clip = clip
-    m.neck.in_channels = [dims.layer2_channels, dims.layer3_channels, dims.embed_dim]
-    m.bbox_head.embed_dim, m.bbox_head.num_classes = dims.embed_dim, num_classes
-    m.bbox_head.class_embeddings = class_embeddings
-
-
-def load_run_dataset(data: Path, text: TextEmbeddings) -> DataSpec:
-    """The dataset spec at `data`, refused unless its classes are those of the run's class
-    text embeddings, in the same order (label c means the same class in both)."""
-    spec = load_spec(data)
-    if list(spec.classes) != list(text.class_names):
-        raise ClipgapError(
-            f"the dataset's classes ({', '.join(spec.classes)}) differ from the run's class text "
-            f"embeddings ({', '.join(text.class_names)}); use the dataset the run was made for, or a run "
-            "whose `clipgap encode-prompts --classes-from` read this dataset's annotations"
-        )
-    return spec
-
-
-def set_dataset(dataset: Config, split: Split, metainfo: dict) -> None:
-    """Point a dataset config at a split of the spec (absolute paths, no data_root); a dataset
-    wrapper (ClassBalancedDataset, RepeatDataset) passes it to the dataset it wraps."""
-    if "dataset" in dataset:
-        set_dataset(dataset.dataset, split, metainfo)
-        return
-    dataset.data_root = ""
-    dataset.ann_file = str(split.ann_file)
-    dataset.data_prefix = dict(img=f"{split.image_dir}/")
-    dataset.metainfo = metainfo
+def _incomplete(config: Path, err: Exception) -> ClipgapError:
+    return ClipgapError(
+        f"cannot complete config {config}: its model is neither clipgap's C4 Faster R-CNN nor GridCLIP "
+        f"({err}); start from a config in clipgap's mmconfigs/clipgap/ or mmconfigs/gridclip/"
+    )
 
 
 def train(
@@ -267,8 +204,7 @@ def train(
         raise ClipgapError(
             f"{work_dir} already holds a training run; pass --resume to continue it or --force to start over"
         )
-    work_dir.mkdir(parents=True, exist_ok=True)
-    config_path = work_dir / CONFIG_NAME
+    config_path = run.path(TRAINED_CONFIG)
     atomic_write(config_path, lambda tmp: tmp.write_text(cfg.pretty_text))
     if cfg.launcher == "pytorch":
         _torchrun(config_path, launch)
@@ -280,10 +216,12 @@ def train(
 
 
 def record_checkpoints(run: Run, inputs: list[str], clip: dict, options: dict) -> list[str]:
-    """Record every checkpoint in the work directory; forget those mmengine has since deleted."""
-    recorded = [
-        rel for rel, a in run.artifacts().items() if rel.startswith(f"{WORK_DIR}/") and a.stage == STAGE
-    ]
+    """Record the resolved config and every checkpoint in the work directory; forget those
+    mmengine has since deleted. The config is an artifact, as mmengine's Runner leaves it (it
+    dumps the config it ran under the same name): evaluate, export and predict build the
+    detector from it."""
+    run.record(TRAINED_CONFIG, stage=STAGE, options=options, inputs=inputs, clip=clip)
+    recorded = recorded_checkpoints(run)
     present = sorted(p.relative_to(run.root).as_posix() for p in run.path(WORK_DIR).glob("*.pth"))
     run.forget(set(recorded) - set(present))
     for rel in present:

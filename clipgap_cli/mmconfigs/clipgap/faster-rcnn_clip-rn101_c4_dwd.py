@@ -1,6 +1,6 @@
 # CLIP the Gap (Vidit et al., CVPR 2023) on the Diverse Weather Dataset: CLIP RN101 Faster R-CNN
 # (C4), trained on daytime_clear with semantic augmentations, selected on daytime_clear/test.
-# Run with `clipgap train --config mmconfigs/clipgap/faster-rcnn_clip-rn101_c4_dwd.py`, which
+# Run with `clipgap train --config clipgap/faster-rcnn_clip-rn101_c4_dwd.py`, which
 # fills in the run's artifacts and the dataset's paths (docs/method.md, "The detector").
 _base_ = [
     "../_base_/models/faster-rcnn_clip-rn101_c4.py",
@@ -9,7 +9,7 @@ _base_ = [
 ]
 custom_imports = dict(imports=["clipgap_cli.models"], allow_failed_imports=False)
 
-# The reference's solver (its §3.2): SGD, batch 4 on one GPU, x0.1 at 40k of 200k iterations,
+# The reference's solver: SGD, batch 4 on one GPU, x0.1 at 40k of 200k iterations,
 # no warmup. The reference spends its first 1000 iterations optimising the augmentations
 # (its LR schedule counts them), so its detector takes 199k steps, 39k at lr 1e-3;
 # `clipgap optimize-augs` does that beforehand, and the detector here takes the round 200k

@@ -1,4 +1,4 @@
-# CLIP the Gap's detector (DESIGN §3; reference §1.3-§1.7 and its §7 cheat-sheet): mmdet's C4
+# CLIP the Gap's detector (docs/method.md, "The detector"): mmdet's C4
 # Faster R-CNN with CLIP's image encoder split around the RoI head, V_a as the backbone and
 # V_b as the RoI shared head, the semantic augmentation as the neck, and a bbox head that
 # classifies by cosine to CLIP text embeddings.
@@ -13,14 +13,16 @@
 # `clipgap train` fills in, from the run directory: both `clip`s, the C3 / C4 / D sizes, the
 # RoI size S, `num_classes`, `class_embeddings` and the neck's `offsets` (docs/method.md).
 _base_ = "mmdet::_base_/models/faster-rcnn_r50-caffe-c4.py"
+import open_clip  # noqa: E402  (a config with a _base_ may import; the module is no config entry)
 
 clip = dict(name="RN101", pretrained="openai")
 model = dict(
     data_preprocessor=dict(
-        # CLIP's RGB mean and std on the 0-255 scale. The reference pads each batch to its
-        # largest image only; mmdet pads to a multiple of 32, a few pixels more of zeros.
-        mean=[122.771, 116.746, 104.094],
-        std=[68.501, 66.632, 70.323],
+        # CLIP's RGB mean and std (open_clip's) on the 0-255 scale, to 3 decimals as the reference
+        # writes them. The reference pads each batch to its largest image only; mmdet pads to a
+        # multiple of 32, a few pixels more of zeros.
+        mean=[round(255 * m, 3) for m in open_clip.OPENAI_DATASET_MEAN],
+        std=[round(255 * s, 3) for s in open_clip.OPENAI_DATASET_STD],
         bgr_to_rgb=True,
         pad_size_divisor=32,
     ),

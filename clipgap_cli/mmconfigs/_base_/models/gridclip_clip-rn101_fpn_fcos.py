@@ -1,4 +1,4 @@
-# GridCLIP's detector (DESIGN §4; docs/method.md, "GridCLIP"): mmdet's FCOS on CLIP's whole
+# GridCLIP's detector (docs/method.md, "GridCLIP"): mmdet's FCOS on CLIP's whole
 # ResNet image encoder. The backbone gives layer2 (stride 8), layer3 (stride 16) and the dense
 # CLIP embeddings of layer4 (stride 32, attnpool's value and output projections on every
 # cell); an FPN makes P3-P7 of them; the FCOS head classifies each location by cosine to the
@@ -10,14 +10,19 @@
 # `clipgap train` fills in, from the run directory: both `clip`s, the FPN's input channels
 # (C2, C3, D), the head's `embed_dim` and `num_classes`, `class_embeddings`, and the
 # augmentation's `offsets` where a config adds one (docs/method.md).
+# No base: an empty one makes this a classic mmengine config, which may import (and whose
+# modules are no config entries), not a lazy-import one.
+_base_ = []
+import open_clip  # noqa: E402
+
 clip = dict(name="RN101", pretrained="openai")
 model = dict(
     type="GridCLIP",
     data_preprocessor=dict(
         type="DetDataPreprocessor",
-        # CLIP's RGB mean and std on the 0-255 scale.
-        mean=[122.771, 116.746, 104.094],
-        std=[68.501, 66.632, 70.323],
+        # CLIP's RGB mean and std (open_clip's) on the 0-255 scale, as the C4 detector's.
+        mean=[round(255 * m, 3) for m in open_clip.OPENAI_DATASET_MEAN],
+        std=[round(255 * s, 3) for s in open_clip.OPENAI_DATASET_STD],
         bgr_to_rgb=True,
         pad_size_divisor=32,
     ),

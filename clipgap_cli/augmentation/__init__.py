@@ -1,0 +1,1 @@
+"""CLIP the Gap's semantic augmentations: the objective that `optimize-augs` minimises."""
