@@ -36,7 +36,13 @@ from mmengine.logging import MMLogger
 from optimize_augs import measure as optimize_augs_rates
 from train_step import alternate, batch, detector, train_step
 
-CONFIG = Path(__file__).resolve().parents[1] / "mmconfigs" / "clipgap" / "faster-rcnn_clip-rn101_c4_dwd.py"
+CONFIG = (
+    Path(__file__).resolve().parents[1]
+    / "clipgap_cli"
+    / "mmconfigs"
+    / "clipgap"
+    / "faster-rcnn_clip-rn101_c4_dwd.py"
+)
 IMAGE_SIZE = (600, 1000)
 # (attention pooling in the RoI head, precision); the reference trains the second-last.
 TRAIN_VARIANTS = [("token0", "fp32"), ("token0", "bf16"), ("all_tokens", "fp32"), ("all_tokens", "bf16")]

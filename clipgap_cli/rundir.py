@@ -84,7 +84,8 @@ def describe_clip(clip: ClipIdentity | None) -> str:
         return "unknown CLIP model"
     weights = clip.get("pretrained") or "random weights"
     if clip.get("sha256"):
-        kind = clip.get("pretrained") or "file"
+        tag = clip.get("pretrained")
+        kind = tag if tag and not Path(str(tag)).suffix else "file"  # shipped weights keep their tag
         weights = f"{kind} sha256 {clip['sha256'][:12]}"
     return f"{clip.get('model')} ({weights})"
 

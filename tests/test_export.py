@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from clipgap_cli.artifacts import BUNDLE_INFO as INFO
 from clipgap_cli.artifacts import decode_tensor, encode_tensor, find_checkpoint, load_bundle, run_config
 from clipgap_cli.cli import app
+from clipgap_cli.clip.model import clip_identity
 from clipgap_cli.models.detectors import build_detector
 from clipgap_cli.rundir import TRAINED_CONFIG, Run
 from clipgap_cli.stages.encode_prompts import encode_prompts
@@ -96,7 +97,7 @@ def test_bundle_reproduces_the_run_in_plain_mmdetection(trained, detector, image
     assert set(os.listdir(bundle)) == {"config.py", "model.pth", INFO, "README.md"}
     info = load_bundle(bundle).info
     assert info["classes"] == ["bus", "bike", "car", "motor", "person", "rider", "truck"]
-    assert info["clip"] == {"model": "RN-tiny", "pretrained": None, "sha256": None}
+    assert info["clip"] == clip_identity("RN-synth", "synth")  # the run's CLIP, weights included
 
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(

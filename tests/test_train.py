@@ -171,7 +171,7 @@ def test_dataset_with_other_classes_is_refused(tmp_path, synth_data):
 
 def test_composed_config_takes_sizes_and_paths_from_the_run(prepared_run, synth_data):
     cfg, _ = compose_config(Run.open(prepared_run), NO_AUG, synth_data, max_iters=7, seed=3)
-    assert cfg.model.backbone.clip == dict(name="RN-tiny", pretrained=None)
+    assert cfg.model.backbone.clip == dict(name="RN-synth", pretrained="synth")
     assert cfg.model.roi_head.bbox_roi_extractor.roi_layer.output_size == 8
     assert (cfg.model.roi_head.bbox_head.in_channels, cfg.model.roi_head.bbox_head.embed_dim) == (512, 64)
     assert cfg.train_cfg.max_iters == 7 and cfg.randomness.seed == 3
