@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
+from clipgap_cli import options
 from clipgap_cli.clip.cli import clip_app
 from clipgap_cli.clip.model import default_pretrained
 from clipgap_cli.clip.prompts import CLASS_TEMPLATE, DEFAULT_PROMPTS_FILE, SOURCE_PROMPT, read_prompts
@@ -292,18 +293,23 @@ def _device(device: str | None) -> str:
 def optimize_augs_command(
     run: Annotated[Path, typer.Option("--run", help="The run directory holding the text embeddings.")],
     data: DataOption,
-    iters: Annotated[int, typer.Option("--iters", help="Adam iterations.", min=1)] = 1000,
+    iters: Annotated[int, typer.Option("--iters", help="Adam iterations.", callback=options.count)] = 1000,
     crops_per_iter: Annotated[
-        int, typer.Option("--crops-per-iter", help="Random crops per iteration, 15 from each image.", min=1)
+        int,
+        typer.Option(
+            "--crops-per-iter", help="Random crops per iteration, 15 from each image.", callback=options.count
+        ),
     ] = 60,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (positive).")] = 0.01,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Adam learning rate (positive).", callback=options.positive)
+    ] = 0.01,
     crop_size: Annotated[
         int,
         typer.Option(
             "--crop-size",
             help="Square crop side in px at the detector's input scale (short side 600), at most the "
             "image's short side; resized to CLIP's input size.",
-            min=1,
+            callback=options.count,
         ),
     ] = 400,
     bn_mode: Annotated[
@@ -315,7 +321,10 @@ def optimize_augs_command(
         ),
     ] = "train",
     seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the crops; the same seed gives the same A.")
+        int,
+        typer.Option(
+            "--seed", help="Seed of the crops; the same seed gives the same A.", callback=options.seed
+        ),
     ] = 0,
     device: DeviceOption = None,
     pretrained: PretrainedFileOption = None,
@@ -398,18 +407,19 @@ def train_command(
         typer.Option(
             "--gpus",
             help="Processes per machine, one per GPU; with --device cpu, that many CPU processes (gloo).",
-            min=1,
+            callback=options.count,
         ),
     ] = 1,
-    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines in the job.", min=1)] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines in the job.", callback=options.count)] = 1,
     node_rank: Annotated[
-        int, typer.Option("--node-rank", help="This machine's rank, 0..nnodes-1.", min=0)
+        int,
+        typer.Option("--node-rank", help="This machine's rank, 0..nnodes-1.", callback=options.integer(0)),
     ] = 0,
     master_addr: Annotated[
         str, typer.Option("--master-addr", help="Address of the rank-0 machine.")
     ] = "127.0.0.1",
     master_port: Annotated[
-        int, typer.Option("--master-port", help="A free port on the rank-0 machine.")
+        int, typer.Option("--master-port", help="A free port on the rank-0 machine.", callback=options.port)
     ] = 29500,
     launcher: Annotated[
         str,
@@ -437,9 +447,13 @@ def train_command(
     ] = False,
     max_iters: Annotated[
         int | None,
-        typer.Option("--max-iters", help="Train this many iterations instead of the config's.", min=1),
+        typer.Option(
+            "--max-iters", help="Train this many iterations instead of the config's.", callback=options.count
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of mmengine's randomness.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of mmengine's randomness.", callback=options.seed)
+    ] = 0,
     pretrained: PretrainedFileOption = None,
     vis: Annotated[
         str,
@@ -607,7 +621,12 @@ def predict_command(
         ),
     ] = None,
     score_thr: Annotated[
-        float, typer.Option("--score-thr", help="Keep and draw detections scoring at least this (0..1).")
+        float,
+        typer.Option(
+            "--score-thr",
+            help="Keep and draw detections scoring at least this (0..1).",
+            callback=options.probability,
+        ),
     ] = 0.3,
     checkpoint: CheckpointOption = "best",
     pretrained: Annotated[
