@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from clipgap_cli import options
 from clipgap_cli.clip.cli import clip_app
@@ -76,6 +76,31 @@ class _Commands(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("error: interrupted; the run directory keeps the artifacts it had before", err=True)
             raise typer.Exit(130) from None
+
+
+class _SpreadCfgOptions(TyperCommand):
+    """A command whose --cfg-options also takes MMDetection's form, several key=value pairs
+    after one flag (`--cfg-options a=1 b=2`), besides the repeated flag."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _spread_values(args, "--cfg-options"))
+
+
+def _spread_values(args: list[str], flag: str) -> list[str]:
+    """`flag a b --other` as `flag a flag b --other`: the bare words after `flag`, up to the
+    next option (or `--`), are each a value of it."""
+    spread, taking, rest = [], False, iter(args)
+    for arg in rest:
+        if arg == "--":
+            return [*spread, arg, *rest]
+        if taking and not arg.startswith("-"):
+            spread += [flag, arg]
+            continue
+        spread.append(arg)
+        taking = arg == flag or arg.startswith(f"{flag}=")
+        if arg == flag and (value := next(rest, None)) is not None:
+            spread.append(value)
+    return spread
 
 
 def _interrupt(signum, frame):
@@ -380,7 +405,7 @@ def optimize_augs_command(
     )
 
 
-@app.command("train")
+@app.command("train", cls=_SpreadCfgOptions)
 def train_command(
     run: Annotated[Path, typer.Option("--run", help="The run directory (text embeddings, offsets).")],
     data: DataOption,
@@ -467,8 +492,8 @@ def train_command(
         list[str] | None,
         typer.Option(
             "--cfg-options",
-            help="Override config entries, key=value as in MMDetection (repeatable), e.g. "
-            "--cfg-options train_dataloader.batch_size=8.",
+            help="Override config entries, key=value as in MMDetection: several after one flag or the "
+            "flag repeated, e.g. --cfg-options train_dataloader.batch_size=8 train_cfg.val_interval=500.",
             show_default=False,
         ),
     ] = None,

@@ -73,6 +73,37 @@ def test_existing_training_needs_resume_or_force(prepared_run, synth_data):
     )
 
 
+def test_cfg_options_take_several_pairs_after_one_flag_or_the_flag_repeated(prepared_run, synth_data):
+    pairs = ["train_cfg.max_iters=2", "train_cfg.val_interval=2"]
+    args = train_args(prepared_run, synth_data)
+    args = [
+        *args[:-2],
+        "--cfg-options",
+        *pairs,
+        "--cfg-options",
+        "default_hooks.checkpoint.interval=1",
+        *args[-2:],
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = Run.open(prepared_run)
+    options = run.verified(f"{WORK_DIR}/iter_2.pth").options
+    assert options["cfg_options"] == {
+        "train_cfg.max_iters": 2,
+        "train_cfg.val_interval": 2,
+        "default_hooks.checkpoint.interval": 1,
+    }
+    assert run.verified(f"{WORK_DIR}/iter_1.pth")
+
+
+def test_a_cfg_option_without_equals_is_refused(prepared_run, synth_data):
+    args = train_args(prepared_run, synth_data, "--cfg-options", "train_cfg.max_iters=2", "val_interval")
+    assert_one_line_error(
+        CliRunner().invoke(app, args), "--cfg-options takes key=value pairs, got 'val_interval'"
+    )
+    assert not Run.open(prepared_run).path(WORK_DIR).exists()
+
+
 def test_two_cpu_processes_train_with_gloo(prepared_run, synth_data):
     proc = clipgap(
         *train_args(prepared_run, synth_data, "--gpus", "2", "--max-iters", "4", "--master-port", "29631"),
