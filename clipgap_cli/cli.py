@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 from pathlib import Path
@@ -306,12 +307,14 @@ def _device(device: str | None) -> str:
     try:
         parsed = torch.device(device)
     except RuntimeError:
-        raise ClipgapError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda" and (
-        not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()
-    ):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ClipgapError(f"unknown --device {device!r}; use cpu, cuda or cuda:N")
+    if parsed.type == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count():
         raise ClipgapError(f"--device {device} asks for a GPU this machine does not have; use --device cpu")
-    return device
+    return str(parsed)
 
 
 @app.command("optimize-augs")
@@ -457,7 +460,10 @@ def train_command(
     device: Annotated[
         str | None,
         typer.Option(
-            "--device", help="cuda or cpu. Default: cuda if available, else cpu.", show_default=False
+            "--device",
+            help="cpu, cuda or cuda:N (one process only: for several, choose their GPUs with "
+            "CUDA_VISIBLE_DEVICES). Default: cuda if available, else cpu.",
+            show_default=False,
         ),
     ] = None,
     amp: Annotated[
@@ -511,8 +517,6 @@ def train_command(
         raise ClipgapError(f"--detector must be one of {', '.join(DETECTORS)}, not {detector!r}")
     if vis not in ("none", "tensorboard"):
         raise ClipgapError(f"--vis must be none or tensorboard, not {vis!r}")
-    # Without --device, one process may fall back to the CPU; several mean one GPU each.
-    device = _device(device) if device is not None or gpus == 1 else "cuda"
     launch = Launch(
         gpus=gpus,
         nnodes=nnodes,
@@ -520,8 +524,11 @@ def train_command(
         master_addr=master_addr,
         master_port=master_port,
         launcher=launcher,
-        device="cpu" if device == "cpu" else "cuda",
+        device=device or "cuda",
     )
+    # Without --device, one process may fall back to the CPU; several mean one GPU each.
+    if device is not None or gpus == 1:
+        launch = dataclasses.replace(launch, device=_device(device))
     checkpoints = train(
         run,
         resolve_config(config or DETECTORS[detector]),

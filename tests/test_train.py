@@ -175,6 +175,31 @@ def test_more_gpus_than_visible_is_refused(prepared_run, synth_data):
     assert not Run.open(prepared_run).path(WORK_DIR).exists()
 
 
+@pytest.mark.parametrize(
+    "launch", [["--gpus", "2"], ["--nnodes", "2", "--master-addr", "node0"], ["--launcher", "slurm"]]
+)
+def test_one_gpu_index_for_several_processes_is_refused(prepared_run, synth_data, launch):
+    args = ["train", "--run", str(prepared_run), "--data", str(synth_data), "--config", TINY]
+    result = CliRunner().invoke(app, [*args, *launch, "--device", "cuda:1"])
+    assert_one_line_error(result, "--device cuda:1 names one GPU", "CUDA_VISIBLE_DEVICES", "--device cuda")
+    assert not Run.open(prepared_run).path(WORK_DIR).exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("meta", "unknown --device 'meta'"),
+        ("cuda:x", "unknown --device 'cuda:x'"),
+        ("gpu", "unknown --device 'gpu'"),
+        (f"cuda:{torch.cuda.device_count()}", "asks for a GPU this machine does not have"),
+    ],
+)
+def test_unusable_devices_are_refused(prepared_run, synth_data, device, message):
+    args = ["train", "--run", str(prepared_run), "--data", str(synth_data), "--config", TINY]
+    assert_one_line_error(CliRunner().invoke(app, [*args, "--device", device]), message)
+    assert not Run.open(prepared_run).path(WORK_DIR).exists()
+
+
 def test_run_without_text_embeddings_is_refused(tmp_path, synth_data):
     Run.create(tmp_path / "run")
     result = CliRunner().invoke(app, train_args(tmp_path / "run", synth_data))

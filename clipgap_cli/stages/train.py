@@ -49,7 +49,17 @@ class Launch:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     launcher: str = "none"  # "none" (this command starts the processes) or "slurm" (srun does)
-    device: str = "cuda"  # "cuda" or "cpu"
+    device: str = "cuda"  # "cpu", "cuda", or "cuda:K" (GPU K, for one process)
+
+    def __post_init__(self):
+        if self.device.startswith("cuda:") and (self.processes > 1 or self.launcher != "none"):
+            # torchrun and slurm give each process its GPU by local rank; one index cannot say
+            # which GPUs several processes take.
+            raise ClipgapError(
+                f"--device {self.device} names one GPU, but --gpus {self.gpus} --nnodes {self.nnodes} "
+                f"--launcher {self.launcher} starts processes that each take the GPU of their local rank; "
+                "choose their GPUs with CUDA_VISIBLE_DEVICES and pass --device cuda"
+            )
 
     @property
     def processes(self) -> int:
@@ -209,7 +219,7 @@ def train(
     if cfg.launcher == "pytorch":
         _torchrun(config_path, launch)
     else:
-        run_runner(config_path, cpu=launch.device == "cpu")
+        run_runner(config_path, device=launch.device)
     if launch.node_rank != 0 or _rank() != 0:
         return []
     return record_checkpoints(run, **record)
@@ -232,7 +242,7 @@ def record_checkpoints(run: Run, inputs: list[str], clip: dict, options: dict) -
 def _check_devices(launch: Launch) -> None:
     if launch.gpus < 1 or launch.nnodes < 1 or not 0 <= launch.node_rank < launch.nnodes:
         raise ClipgapError("--gpus and --nnodes must be at least 1, and --node-rank in 0..nnodes-1")
-    if launch.device == "cuda" and launch.launcher == "none":
+    if launch.device != "cpu" and launch.launcher == "none":
         visible = torch.cuda.device_count()
         if launch.gpus > visible:
             raise ClipgapError(
@@ -262,14 +272,18 @@ def _torchrun(config_path: Path, launch: Launch) -> None:
         )
 
 
-def run_runner(config_path: Path, cpu: bool = False) -> None:
-    """Build mmengine's Runner from the composed config and train: in this process, or in
-    each process torchrun starts."""
+def run_runner(config_path: Path, device: str = "cuda") -> None:
+    """Build mmengine's Runner from the composed config and train on `device` ("cpu", "cuda",
+    or "cuda:K" for one process): in this process, or in each process torchrun starts."""
     import mmdet.utils
     from mmengine.runner import Runner
 
+    cpu = device == "cpu"
     if cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif device != "cuda":
+        # mmengine puts the model on "cuda", the current GPU: make that GPU K.
+        torch.cuda.set_device(torch.device(device))
     cfg = Config.fromfile(str(config_path))
     # mmengine keeps one visualizer per name for the whole process: a second training in the
     # same process would log its scalars into the first one's directory.
@@ -292,4 +306,4 @@ if __name__ == "__main__":  # one torchrun process
     args = parser.parse_args()
     import clipgap_cli  # noqa: F401  (the stack fixes)
 
-    run_runner(args.config, cpu=args.cpu)
+    run_runner(args.config, device="cpu" if args.cpu else "cuda")
