@@ -29,7 +29,7 @@ from clipgap_cli.stages.evaluate import ALL, evaluate, stored_evaluation
 from clipgap_cli.stages.export import export
 from clipgap_cli.stages.optimize_augs import optimize_augs
 from clipgap_cli.stages.predict import predict
-from clipgap_cli.stages.train import DETECTORS, Launch, parse_cfg_options, resolve_config, train
+from clipgap_cli.stages.train import CPU_DETECTORS, DETECTORS, Launch, choose_config, parse_cfg_options, train
 from clipgap_cli.versions import stack_versions
 
 console = Console()
@@ -417,7 +417,8 @@ def train_command(
         typer.Option(
             "--detector",
             help="clipgap (CLIP the Gap's C4 Faster R-CNN) or gridclip (GridCLIP's one-stage FCOS): "
-            f"picks that detector's default config ({', '.join(DETECTORS.values())}).",
+            f"picks that detector's default config, the paper's ({', '.join(DETECTORS.values())}), or "
+            f"for a run on RN-tiny or RN-synth its CPU config ({', '.join(CPU_DETECTORS.values())}).",
         ),
     ] = "clipgap",
     config: Annotated[
@@ -529,9 +530,11 @@ def train_command(
     # Without --device, one process may fall back to the CPU; several mean one GPU each.
     if device is not None or gpus == 1:
         launch = dataclasses.replace(launch, device=_device(device))
+    config_path, which = choose_config(run, detector, config)
+    console.print(which, soft_wrap=True)
     checkpoints = train(
         run,
-        resolve_config(config or DETECTORS[detector]),
+        config_path,
         data,
         launch=launch,
         resume=resume,

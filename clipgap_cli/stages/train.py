@@ -23,6 +23,7 @@ import torch
 from mmengine.config import Config, DictAction
 
 from clipgap_cli.artifacts import load_text_embeddings, recorded_checkpoints
+from clipgap_cli.clip import CPU_MODELS
 from clipgap_cli.clip.model import load_run_clip
 from clipgap_cli.clip.split import visual_dims
 from clipgap_cli.data.spec import load_run_dataset, set_dataset
@@ -32,10 +33,15 @@ from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, TRAINED_CONFIG, WORK_DI
 
 STAGE = "train"
 CONFIGS = Path(__file__).resolve().parents[1] / "mmconfigs"  # clipgap's configs, package data
-# `clipgap train --detector`: each detector's default config, inside mmconfigs/.
+# `clipgap train --detector`: each detector's default config, inside mmconfigs/: the paper's,
+# and for a run on one of clipgap's small CPU CLIPs its CPU config.
 DETECTORS = {
     "clipgap": "clipgap/faster-rcnn_clip-rn101_c4_dwd.py",
     "gridclip": "gridclip/gridclip_clip-rn101_fpn_dwd.py",
+}
+CPU_DETECTORS = {
+    "clipgap": "tiny/faster-rcnn_clip-tiny_c4_synth.py",
+    "gridclip": "tiny/gridclip_clip-tiny_fpn_synth.py",
 }
 
 
@@ -74,6 +80,21 @@ def resolve_config(config: str | Path) -> Path:
     if (CONFIGS / path).is_file():
         return CONFIGS / path
     raise ClipgapError(f"config {config} does not exist, neither as a file nor inside {CONFIGS}")
+
+
+def choose_config(run: Path, detector: str, config: str | None) -> tuple[Path, str]:
+    """The config to train (`config`, else the detector's default for the run's CLIP model),
+    and one line that says which and why."""
+    if config is not None:
+        return resolve_config(config), f"training with {config} (--config)"
+    clip = Run.open(run).verified(TEXT_EMBEDDINGS).clip or {}
+    if clip.get("model") in CPU_MODELS:
+        chosen = CPU_DETECTORS[detector]
+        why = f"--detector {detector}'s CPU config, as the run's CLIP {clip['model']} is a small CPU model"
+    else:
+        chosen = DETECTORS[detector]
+        why = f"--detector {detector}'s default, the paper's schedule, for the run's CLIP {clip.get('model')}"
+    return resolve_config(chosen), f"training with {chosen} ({why}; --config picks another)"
 
 
 def parse_cfg_options(options: list[str]) -> dict[str, Any]:
