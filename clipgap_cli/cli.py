@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 from pathlib import Path
@@ -12,8 +13,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
+from clipgap_cli import options
 from clipgap_cli.clip.cli import clip_app
 from clipgap_cli.clip.model import default_pretrained
 from clipgap_cli.clip.prompts import CLASS_TEMPLATE, DEFAULT_PROMPTS_FILE, SOURCE_PROMPT, read_prompts
@@ -27,7 +29,7 @@ from clipgap_cli.stages.evaluate import ALL, evaluate, stored_evaluation
 from clipgap_cli.stages.export import export
 from clipgap_cli.stages.optimize_augs import optimize_augs
 from clipgap_cli.stages.predict import predict
-from clipgap_cli.stages.train import DETECTORS, Launch, parse_cfg_options, resolve_config, train
+from clipgap_cli.stages.train import CPU_DETECTORS, DETECTORS, Launch, choose_config, parse_cfg_options, train
 from clipgap_cli.versions import stack_versions
 
 console = Console()
@@ -75,6 +77,31 @@ class _Commands(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("error: interrupted; the run directory keeps the artifacts it had before", err=True)
             raise typer.Exit(130) from None
+
+
+class _SpreadCfgOptions(TyperCommand):
+    """A command whose --cfg-options also takes MMDetection's form, several key=value pairs
+    after one flag (`--cfg-options a=1 b=2`), besides the repeated flag."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _spread_values(args, "--cfg-options"))
+
+
+def _spread_values(args: list[str], flag: str) -> list[str]:
+    """`flag a b --other` as `flag a flag b --other`: the bare words after `flag`, up to the
+    next option (or `--`), are each a value of it."""
+    spread, taking, rest = [], False, iter(args)
+    for arg in rest:
+        if arg == "--":
+            return [*spread, arg, *rest]
+        if taking and not arg.startswith("-"):
+            spread += [flag, arg]
+            continue
+        spread.append(arg)
+        taking = arg == flag or arg.startswith(f"{flag}=")
+        if arg == flag and (value := next(rest, None)) is not None:
+            spread.append(value)
+    return spread
 
 
 def _interrupt(signum, frame):
@@ -280,30 +307,37 @@ def _device(device: str | None) -> str:
     try:
         parsed = torch.device(device)
     except RuntimeError:
-        raise ClipgapError(f"unknown --device {device!r}; use cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda" and (
-        not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()
-    ):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ClipgapError(f"unknown --device {device!r}; use cpu, cuda or cuda:N")
+    if parsed.type == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count():
         raise ClipgapError(f"--device {device} asks for a GPU this machine does not have; use --device cpu")
-    return device
+    return str(parsed)
 
 
 @app.command("optimize-augs")
 def optimize_augs_command(
     run: Annotated[Path, typer.Option("--run", help="The run directory holding the text embeddings.")],
     data: DataOption,
-    iters: Annotated[int, typer.Option("--iters", help="Adam iterations.", min=1)] = 1000,
+    iters: Annotated[int, typer.Option("--iters", help="Adam iterations.", callback=options.count)] = 1000,
     crops_per_iter: Annotated[
-        int, typer.Option("--crops-per-iter", help="Random crops per iteration, 15 from each image.", min=1)
+        int,
+        typer.Option(
+            "--crops-per-iter", help="Random crops per iteration, 15 from each image.", callback=options.count
+        ),
     ] = 60,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (positive).")] = 0.01,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Adam learning rate (positive).", callback=options.positive)
+    ] = 0.01,
     crop_size: Annotated[
         int,
         typer.Option(
             "--crop-size",
             help="Square crop side in px at the detector's input scale (short side 600), at most the "
             "image's short side; resized to CLIP's input size.",
-            min=1,
+            callback=options.count,
         ),
     ] = 400,
     bn_mode: Annotated[
@@ -315,7 +349,10 @@ def optimize_augs_command(
         ),
     ] = "train",
     seed: Annotated[
-        int, typer.Option("--seed", help="Seed of the crops; the same seed gives the same A.")
+        int,
+        typer.Option(
+            "--seed", help="Seed of the crops; the same seed gives the same A.", callback=options.seed
+        ),
     ] = 0,
     device: DeviceOption = None,
     pretrained: PretrainedFileOption = None,
@@ -371,7 +408,7 @@ def optimize_augs_command(
     )
 
 
-@app.command("train")
+@app.command("train", cls=_SpreadCfgOptions)
 def train_command(
     run: Annotated[Path, typer.Option("--run", help="The run directory (text embeddings, offsets).")],
     data: DataOption,
@@ -380,7 +417,8 @@ def train_command(
         typer.Option(
             "--detector",
             help="clipgap (CLIP the Gap's C4 Faster R-CNN) or gridclip (GridCLIP's one-stage FCOS): "
-            f"picks that detector's default config ({', '.join(DETECTORS.values())}).",
+            f"picks that detector's default config, the paper's ({', '.join(DETECTORS.values())}), or "
+            f"for a run on RN-tiny or RN-synth its CPU config ({', '.join(CPU_DETECTORS.values())}).",
         ),
     ] = "clipgap",
     config: Annotated[
@@ -398,18 +436,19 @@ def train_command(
         typer.Option(
             "--gpus",
             help="Processes per machine, one per GPU; with --device cpu, that many CPU processes (gloo).",
-            min=1,
+            callback=options.count,
         ),
     ] = 1,
-    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines in the job.", min=1)] = 1,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Machines in the job.", callback=options.count)] = 1,
     node_rank: Annotated[
-        int, typer.Option("--node-rank", help="This machine's rank, 0..nnodes-1.", min=0)
+        int,
+        typer.Option("--node-rank", help="This machine's rank, 0..nnodes-1.", callback=options.integer(0)),
     ] = 0,
     master_addr: Annotated[
         str, typer.Option("--master-addr", help="Address of the rank-0 machine.")
     ] = "127.0.0.1",
     master_port: Annotated[
-        int, typer.Option("--master-port", help="A free port on the rank-0 machine.")
+        int, typer.Option("--master-port", help="A free port on the rank-0 machine.", callback=options.port)
     ] = 29500,
     launcher: Annotated[
         str,
@@ -422,7 +461,10 @@ def train_command(
     device: Annotated[
         str | None,
         typer.Option(
-            "--device", help="cuda or cpu. Default: cuda if available, else cpu.", show_default=False
+            "--device",
+            help="cpu, cuda or cuda:N (one process only: for several, choose their GPUs with "
+            "CUDA_VISIBLE_DEVICES). Default: cuda if available, else cpu.",
+            show_default=False,
         ),
     ] = None,
     amp: Annotated[
@@ -437,9 +479,13 @@ def train_command(
     ] = False,
     max_iters: Annotated[
         int | None,
-        typer.Option("--max-iters", help="Train this many iterations instead of the config's.", min=1),
+        typer.Option(
+            "--max-iters", help="Train this many iterations instead of the config's.", callback=options.count
+        ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of mmengine's randomness.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of mmengine's randomness.", callback=options.seed)
+    ] = 0,
     pretrained: PretrainedFileOption = None,
     vis: Annotated[
         str,
@@ -453,8 +499,8 @@ def train_command(
         list[str] | None,
         typer.Option(
             "--cfg-options",
-            help="Override config entries, key=value as in MMDetection (repeatable), e.g. "
-            "--cfg-options train_dataloader.batch_size=8.",
+            help="Override config entries, key=value as in MMDetection: several after one flag or the "
+            "flag repeated, e.g. --cfg-options train_dataloader.batch_size=8 train_cfg.val_interval=500.",
             show_default=False,
         ),
     ] = None,
@@ -472,8 +518,6 @@ def train_command(
         raise ClipgapError(f"--detector must be one of {', '.join(DETECTORS)}, not {detector!r}")
     if vis not in ("none", "tensorboard"):
         raise ClipgapError(f"--vis must be none or tensorboard, not {vis!r}")
-    # Without --device, one process may fall back to the CPU; several mean one GPU each.
-    device = _device(device) if device is not None or gpus == 1 else "cuda"
     launch = Launch(
         gpus=gpus,
         nnodes=nnodes,
@@ -481,11 +525,16 @@ def train_command(
         master_addr=master_addr,
         master_port=master_port,
         launcher=launcher,
-        device="cpu" if device == "cpu" else "cuda",
+        device=device or "cuda",
     )
+    # Without --device, one process may fall back to the CPU; several mean one GPU each.
+    if device is not None or gpus == 1:
+        launch = dataclasses.replace(launch, device=_device(device))
+    config_path, which = choose_config(run, detector, config)
+    console.print(which, soft_wrap=True)
     checkpoints = train(
         run,
-        resolve_config(config or DETECTORS[detector]),
+        config_path,
         data,
         launch=launch,
         resume=resume,
@@ -607,7 +656,12 @@ def predict_command(
         ),
     ] = None,
     score_thr: Annotated[
-        float, typer.Option("--score-thr", help="Keep and draw detections scoring at least this (0..1).")
+        float,
+        typer.Option(
+            "--score-thr",
+            help="Keep and draw detections scoring at least this (0..1).",
+            callback=options.probability,
+        ),
     ] = 0.3,
     checkpoint: CheckpointOption = "best",
     pretrained: Annotated[

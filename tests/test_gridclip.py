@@ -26,6 +26,7 @@ from clipgap_cli.errors import ClipgapError
 from clipgap_cli.models import GridCLIPBackbone, GridCLIPHead
 from clipgap_cli.models.gridclip import image_alignment_loss, largest_regions, pooled_regions
 from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, WORK_DIR, Run
+from clipgap_cli.stages.encode_prompts import encode_prompts
 from clipgap_cli.stages.optimize_augs import optimize_augs
 from clipgap_cli.stages.train import CONFIGS, DETECTORS, compose_config
 
@@ -380,6 +381,14 @@ def test_two_cpu_processes_train_gridclip_with_gloo(tiny_run, synth_data):
     assert "GPU number: 2" in log.read_text()
 
 
+@pytest.fixture(scope="module")
+def rn50_run(tmp_path_factory):
+    """A run on a real CLIP model (RN50, random weights: nothing to download)."""
+    run = tmp_path_factory.mktemp("rn50") / "run"
+    encode_prompts(run, ["an image taken at night"], clip="RN50", pretrained=None)
+    return run
+
+
 @pytest.mark.parametrize(
     "options, config",
     [
@@ -388,10 +397,10 @@ def test_two_cpu_processes_train_gridclip_with_gloo(tiny_run, synth_data):
         (["--detector", "gridclip", "--config", TINY], TINY),
     ],
 )
-def test_detector_picks_the_default_config_and_config_overrides_it(monkeypatch, tmp_path, options, config):
+def test_detector_picks_the_default_config_and_config_overrides_it(monkeypatch, rn50_run, options, config):
     trained = []
     monkeypatch.setattr("clipgap_cli.cli.train", lambda run, config, data, **kw: trained.append(config) or [])
-    args = ["train", "--run", str(tmp_path), "--data", str(tmp_path), "--device", "cpu", *options]
+    args = ["train", "--run", str(rn50_run), "--data", str(rn50_run), "--device", "cpu", *options]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert trained == [CONFIGS / config]

@@ -19,7 +19,7 @@ from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import OFFSETS, WORK_DIR, Run
 from clipgap_cli.stages.encode_prompts import encode_prompts
 from clipgap_cli.stages.optimize_augs import optimize_augs
-from clipgap_cli.stages.train import CONFIGS, compose_config
+from clipgap_cli.stages.train import CONFIGS, DETECTORS, choose_config, compose_config
 
 TINY = "tiny/faster-rcnn_clip-tiny_c4_synth.py"
 NO_AUG = CONFIGS / "clipgap" / "faster-rcnn_clip-rn101_c4_dwd_no-aug.py"
@@ -71,6 +71,68 @@ def test_existing_training_needs_resume_or_force(prepared_run, synth_data):
     assert (
         runner.invoke(app, train_args(prepared_run, synth_data, "--max-iters", "2", "--force")).exit_code == 0
     )
+
+
+def test_cfg_options_take_several_pairs_after_one_flag_or_the_flag_repeated(prepared_run, synth_data):
+    pairs = ["train_cfg.max_iters=2", "train_cfg.val_interval=2"]
+    args = train_args(prepared_run, synth_data)
+    args = [
+        *args[:-2],
+        "--cfg-options",
+        *pairs,
+        "--cfg-options",
+        "default_hooks.checkpoint.interval=1",
+        *args[-2:],
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run = Run.open(prepared_run)
+    options = run.verified(f"{WORK_DIR}/iter_2.pth").options
+    assert options["cfg_options"] == {
+        "train_cfg.max_iters": 2,
+        "train_cfg.val_interval": 2,
+        "default_hooks.checkpoint.interval": 1,
+    }
+    assert run.verified(f"{WORK_DIR}/iter_1.pth")
+
+
+def test_a_cfg_option_without_equals_is_refused(prepared_run, synth_data):
+    args = train_args(prepared_run, synth_data, "--cfg-options", "train_cfg.max_iters=2", "val_interval")
+    assert_one_line_error(
+        CliRunner().invoke(app, args), "--cfg-options takes key=value pairs, got 'val_interval'"
+    )
+    assert not Run.open(prepared_run).path(WORK_DIR).exists()
+
+
+def test_a_run_on_a_small_cpu_clip_trains_the_detectors_cpu_config_by_default(prepared_run, synth_data):
+    args = ["train", "--run", str(prepared_run), "--data", str(synth_data), "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--max-iters", "1"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("training with")]
+    assert line == (
+        f"training with {TINY} (--detector clipgap's CPU config, as the run's CLIP RN-synth is a small "
+        "CPU model; --config picks another)"
+    )
+    options = Run.open(prepared_run).verified(f"{WORK_DIR}/iter_1.pth").options
+    assert options["config"] == str(CONFIGS / TINY)
+    path, why = choose_config(prepared_run, "gridclip", None)
+    assert path == CONFIGS / "tiny/gridclip_clip-tiny_fpn_synth.py" and "RN-synth is a small CPU model" in why
+    assert choose_config(prepared_run, "clipgap", str(NO_AUG)) == (
+        NO_AUG,
+        f"training with {NO_AUG} (--config)",
+    )
+
+
+def test_a_run_on_a_real_clip_trains_the_papers_config_by_default(tmp_path):
+    run = tmp_path / "run"
+    encode_prompts(run, ["an image taken at night"], clip="RN50", pretrained=None)
+    for detector, config in DETECTORS.items():
+        path, why = choose_config(run, detector, None)
+        assert path == CONFIGS / config
+        assert why == (
+            f"training with {config} (--detector {detector}'s default, the paper's schedule, for the run's "
+            "CLIP RN50; --config picks another)"
+        )
 
 
 def test_two_cpu_processes_train_with_gloo(prepared_run, synth_data):
@@ -141,6 +203,31 @@ def test_more_gpus_than_visible_is_refused(prepared_run, synth_data):
     args = ["train", "--run", str(prepared_run), "--data", str(synth_data), "--config", TINY, "--gpus", "2"]
     result = CliRunner().invoke(app, args)
     assert_one_line_error(result, "--gpus 2 asks for more GPUs than this machine shows")
+    assert not Run.open(prepared_run).path(WORK_DIR).exists()
+
+
+@pytest.mark.parametrize(
+    "launch", [["--gpus", "2"], ["--nnodes", "2", "--master-addr", "node0"], ["--launcher", "slurm"]]
+)
+def test_one_gpu_index_for_several_processes_is_refused(prepared_run, synth_data, launch):
+    args = ["train", "--run", str(prepared_run), "--data", str(synth_data), "--config", TINY]
+    result = CliRunner().invoke(app, [*args, *launch, "--device", "cuda:1"])
+    assert_one_line_error(result, "--device cuda:1 names one GPU", "CUDA_VISIBLE_DEVICES", "--device cuda")
+    assert not Run.open(prepared_run).path(WORK_DIR).exists()
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("meta", "unknown --device 'meta'"),
+        ("cuda:x", "unknown --device 'cuda:x'"),
+        ("gpu", "unknown --device 'gpu'"),
+        (f"cuda:{torch.cuda.device_count()}", "asks for a GPU this machine does not have"),
+    ],
+)
+def test_unusable_devices_are_refused(prepared_run, synth_data, device, message):
+    args = ["train", "--run", str(prepared_run), "--data", str(synth_data), "--config", TINY]
+    assert_one_line_error(CliRunner().invoke(app, [*args, "--device", device]), message)
     assert not Run.open(prepared_run).path(WORK_DIR).exists()
 
 

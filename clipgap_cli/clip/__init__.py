@@ -10,6 +10,8 @@ from pathlib import Path
 import open_clip
 
 TINY_MODEL = "RN-tiny"
+CPU_MODELS = (TINY_MODEL, "RN-synth")
+"""clipgap's own CLIPs, sized for the CPU (RN-synth: see docs/rn-synth.md)."""
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 
 open_clip.add_model_config(MODEL_CONFIGS)

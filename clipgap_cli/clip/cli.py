@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from clipgap_cli import options
 from clipgap_cli.clip.model import default_pretrained
 from clipgap_cli.clip.pretrain import Recipe, pretrain
 from clipgap_cli.clip.zero_shot import render_markdown, write_report, zero_shot_report
@@ -33,20 +34,26 @@ def _bar() -> Progress:
 def pretrain_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="The weights file to write (a .pt state_dict).")],
     seed: Annotated[
-        int, typer.Option(min=0, help="Seeds the corpus, the initial weights and the batches.")
+        int,
+        typer.Option(help="Seeds the corpus, the initial weights and the batches.", callback=options.seed),
     ] = (_DEFAULTS.seed),
-    scenes: Annotated[int, typer.Option(min=1, help="Planned scenes of the corpus.")] = _DEFAULTS.scenes,
+    scenes: Annotated[
+        int, typer.Option(help="Planned scenes of the corpus.", callback=options.count)
+    ] = _DEFAULTS.scenes,
     looks_per_scene: Annotated[
-        int, typer.Option(min=1, help="Conditions each scene is rendered under.")
+        int, typer.Option(help="Conditions each scene is rendered under.", callback=options.count)
     ] = _DEFAULTS.looks_per_scene,
     crops_per_image: Annotated[
-        int, typer.Option(min=0, help="Single-object crops taken from each rendered image.")
+        int,
+        typer.Option(help="Single-object crops taken from each rendered image.", callback=options.integer(0)),
     ] = _DEFAULTS.crops_per_image,
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = _DEFAULTS.steps,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.", callback=options.count)] = _DEFAULTS.steps,
     batch_size: Annotated[
-        int, typer.Option(min=2, help="Image-caption pairs per step.")
+        int, typer.Option(help="Image-caption pairs per step.", callback=options.integer(2))
     ] = _DEFAULTS.batch_size,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate, > 0.")] = _DEFAULTS.lr,
+    lr: Annotated[
+        float, typer.Option(help="Peak AdamW learning rate, > 0.", callback=options.positive)
+    ] = _DEFAULTS.lr,
     model: Annotated[str, typer.Option(help="The open_clip model config to train.")] = _DEFAULTS.model,
 ) -> None:
     """Train RN-synth contrastively from random weights on captioned renders of all 18 conditions.
@@ -100,9 +107,9 @@ def zero_shot_command(
         typer.Option("--out", "-o", help="Write rn-synth-zero-shot.md and .json into this directory."),
     ] = None,
     scenes: Annotated[
-        int, typer.Option(min=1, help="Fresh scenes, each rendered under all 18 conditions.")
+        int, typer.Option(help="Fresh scenes, each rendered under all 18 conditions.", callback=options.count)
     ] = 40,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the fresh renders.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the fresh renders.", callback=options.seed)] = 0,
 ) -> None:
     """Zero-shot accuracy over the 5 domains, the 18 conditions and the 7 classes, and how well
     the text directions of the 15 target prompts agree with the image directions."""

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from clipgap_cli import options
 from clipgap_cli.data.convert import CLASS_SETS, ConvertReport, convert_voc
 from clipgap_cli.data.synth import CLASSES, SIZES, render_preview, synthesize
 from clipgap_cli.rundir import atomic_write
@@ -78,13 +79,18 @@ def convert(
 @data_app.command("synth")
 def synth(
     out: Annotated[Path, typer.Argument(help="The directory to write the dataset into.")],
-    seed: Annotated[int, typer.Option(min=0, help="Random seed; the same seed gives identical files.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Random seed; the same seed gives identical files.", callback=options.seed)
+    ] = 0,
     images_per_domain: Annotated[
         int,
-        typer.Option(min=2, help="Images per domain; the first 75% are the train list, the rest test."),
+        typer.Option(
+            help="Images per domain; the first 75% are the train list, the rest test.",
+            callback=options.integer(2),
+        ),
     ] = 200,
     size: Annotated[
-        int, typer.Option(min=SIZES[0], max=SIZES[1], help="Side of the square images, in pixels.")
+        int, typer.Option(help="Side of the square images, in pixels.", callback=options.integer(*SIZES))
     ] = 256,
     preview: Annotated[
         Path | None,

@@ -23,6 +23,7 @@ import torch
 from mmengine.config import Config, DictAction
 
 from clipgap_cli.artifacts import load_text_embeddings, recorded_checkpoints
+from clipgap_cli.clip import CPU_MODELS
 from clipgap_cli.clip.model import load_run_clip
 from clipgap_cli.clip.split import visual_dims
 from clipgap_cli.data.spec import load_run_dataset, set_dataset
@@ -32,10 +33,15 @@ from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, TRAINED_CONFIG, WORK_DI
 
 STAGE = "train"
 CONFIGS = Path(__file__).resolve().parents[1] / "mmconfigs"  # clipgap's configs, package data
-# `clipgap train --detector`: each detector's default config, inside mmconfigs/.
+# `clipgap train --detector`: each detector's default config, inside mmconfigs/: the paper's,
+# and for a run on one of clipgap's small CPU CLIPs its CPU config.
 DETECTORS = {
     "clipgap": "clipgap/faster-rcnn_clip-rn101_c4_dwd.py",
     "gridclip": "gridclip/gridclip_clip-rn101_fpn_dwd.py",
+}
+CPU_DETECTORS = {
+    "clipgap": "tiny/faster-rcnn_clip-tiny_c4_synth.py",
+    "gridclip": "tiny/gridclip_clip-tiny_fpn_synth.py",
 }
 
 
@@ -49,7 +55,17 @@ class Launch:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     launcher: str = "none"  # "none" (this command starts the processes) or "slurm" (srun does)
-    device: str = "cuda"  # "cuda" or "cpu"
+    device: str = "cuda"  # "cpu", "cuda", or "cuda:K" (GPU K, for one process)
+
+    def __post_init__(self):
+        if self.device.startswith("cuda:") and (self.processes > 1 or self.launcher != "none"):
+            # torchrun and slurm give each process its GPU by local rank; one index cannot say
+            # which GPUs several processes take.
+            raise ClipgapError(
+                f"--device {self.device} names one GPU, but --gpus {self.gpus} --nnodes {self.nnodes} "
+                f"--launcher {self.launcher} starts processes that each take the GPU of their local rank; "
+                "choose their GPUs with CUDA_VISIBLE_DEVICES and pass --device cuda"
+            )
 
     @property
     def processes(self) -> int:
@@ -64,6 +80,21 @@ def resolve_config(config: str | Path) -> Path:
     if (CONFIGS / path).is_file():
         return CONFIGS / path
     raise ClipgapError(f"config {config} does not exist, neither as a file nor inside {CONFIGS}")
+
+
+def choose_config(run: Path, detector: str, config: str | None) -> tuple[Path, str]:
+    """The config to train (`config`, else the detector's default for the run's CLIP model),
+    and one line that says which and why."""
+    if config is not None:
+        return resolve_config(config), f"training with {config} (--config)"
+    clip = Run.open(run).verified(TEXT_EMBEDDINGS).clip or {}
+    if clip.get("model") in CPU_MODELS:
+        chosen = CPU_DETECTORS[detector]
+        why = f"--detector {detector}'s CPU config, as the run's CLIP {clip['model']} is a small CPU model"
+    else:
+        chosen = DETECTORS[detector]
+        why = f"--detector {detector}'s default, the paper's schedule, for the run's CLIP {clip.get('model')}"
+    return resolve_config(chosen), f"training with {chosen} ({why}; --config picks another)"
 
 
 def parse_cfg_options(options: list[str]) -> dict[str, Any]:
@@ -209,7 +240,7 @@ def train(
     if cfg.launcher == "pytorch":
         _torchrun(config_path, launch)
     else:
-        run_runner(config_path, cpu=launch.device == "cpu")
+        run_runner(config_path, device=launch.device)
     if launch.node_rank != 0 or _rank() != 0:
         return []
     return record_checkpoints(run, **record)
@@ -232,7 +263,7 @@ def record_checkpoints(run: Run, inputs: list[str], clip: dict, options: dict) -
 def _check_devices(launch: Launch) -> None:
     if launch.gpus < 1 or launch.nnodes < 1 or not 0 <= launch.node_rank < launch.nnodes:
         raise ClipgapError("--gpus and --nnodes must be at least 1, and --node-rank in 0..nnodes-1")
-    if launch.device == "cuda" and launch.launcher == "none":
+    if launch.device != "cpu" and launch.launcher == "none":
         visible = torch.cuda.device_count()
         if launch.gpus > visible:
             raise ClipgapError(
@@ -262,14 +293,18 @@ def _torchrun(config_path: Path, launch: Launch) -> None:
         )
 
 
-def run_runner(config_path: Path, cpu: bool = False) -> None:
-    """Build mmengine's Runner from the composed config and train: in this process, or in
-    each process torchrun starts."""
+def run_runner(config_path: Path, device: str = "cuda") -> None:
+    """Build mmengine's Runner from the composed config and train on `device` ("cpu", "cuda",
+    or "cuda:K" for one process): in this process, or in each process torchrun starts."""
     import mmdet.utils
     from mmengine.runner import Runner
 
+    cpu = device == "cpu"
     if cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif device != "cuda":
+        # mmengine puts the model on "cuda", the current GPU: make that GPU K.
+        torch.cuda.set_device(torch.device(device))
     cfg = Config.fromfile(str(config_path))
     # mmengine keeps one visualizer per name for the whole process: a second training in the
     # same process would log its scalars into the first one's directory.
@@ -292,4 +327,4 @@ if __name__ == "__main__":  # one torchrun process
     args = parser.parse_args()
     import clipgap_cli  # noqa: F401  (the stack fixes)
 
-    run_runner(args.config, cpu=args.cpu)
+    run_runner(args.config, device="cpu" if args.cpu else "cuda")
