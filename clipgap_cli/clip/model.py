@@ -29,6 +29,9 @@ SHIPPED = {("RN-synth", "synth"): WEIGHTS_DIR / "RN-synth.pt"}
 DEFAULT = "default"
 """`pretrained=DEFAULT`: the model's default weights (`default_pretrained`)."""
 
+_MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
 # Integer entries of OpenAI's TorchScript archives that are not weights (open_clip drops them too).
 _OPENAI_NON_WEIGHTS = ("input_resolution", "context_length", "vocab_size")
 
@@ -112,6 +115,12 @@ def _load(name: str, tag: str | None, file: Path | None, sha256: str | None) -> 
     return model.eval().requires_grad_(False)
 
 
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """CLIP's input from RGB images (N, 3, H, W) in [0, 255]: scaled to [0, 1], minus open_clip's
+    mean, over its std."""
+    return (pixels / 255 - _MEAN) / _STD
+
+
 def new_model(name: str, tag: str | None = None) -> open_clip.CLIP:
     """A fresh, trainable open_clip model `name`: open_clip's weights `tag`, or random weights
     from torch's current random state."""
@@ -143,12 +152,13 @@ def _resolve(name: str, pretrained: str | Path | None) -> tuple[str | None, Path
                 "reinstall clipgap, or make them with `clipgap clip pretrain`"
             )
         return str(pretrained), shipped
-    tags = open_clip.list_pretrained_tags_by_model(name) + [t for m, t in SHIPPED if m == name]
+    tags = open_clip.list_pretrained_tags_by_model(name)
     if str(pretrained) in tags:
         return str(pretrained), None
     file = Path(pretrained).expanduser()
     if file.is_file():
         return None, file.resolve()
+    tags = tags + [t for m, t in SHIPPED if m == name]  # named in the error, though resolved above
     known = f"its tags are {', '.join(tags)}" if tags else "it has no pretrained tags"
     raise ClipgapError(
         f"pretrained weights {str(pretrained)!r} are neither a pretrained tag of CLIP {name} ({known}) "

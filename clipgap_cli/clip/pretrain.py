@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from clipgap_cli.clip.model import new_model
+from clipgap_cli.clip.model import new_model, normalize_pixels
 from clipgap_cli.clip.prompts import tokenize
+from clipgap_cli.clip.split import visual_dims
 from clipgap_cli.data.synth.corpus import render_corpus
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import atomic_write, sha256_of
@@ -74,8 +75,7 @@ def pretrain(out: Path, recipe: Recipe = Recipe(), progress: Progress | None = N
         raise ClipgapError(f"{out} is a directory; give the weights file to write, e.g. {out}/RN-synth.pt")
     torch.manual_seed(recipe.seed)
     model = new_model(recipe.model)
-    image_size = model.visual.image_size
-    image_size = image_size[0] if isinstance(image_size, tuple | list) else image_size
+    image_size = visual_dims(model.visual).image_size
 
     start = time.perf_counter()
     samples = render_corpus(
@@ -144,17 +144,13 @@ def _train(model, images, tokens, candidates, recipe: Recipe, progress: Progress
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, recipe.steps - warm)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    mean, std = (
-        torch.tensor(v).view(1, 3, 1, 1)
-        for v in (open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
-    )
     n, window, losses = len(images), [], []
     log_every = max(1, recipe.steps // 50)
     model.train()
     for step in range(recipe.steps):
         batch = torch.randint(n, (min(recipe.batch_size, n),), generator=generator)
         pixels = _augment(images[batch], recipe.min_crop, generator)
-        pixels = (pixels / 255 - mean) / std
+        pixels = normalize_pixels(pixels)
         caption_ids = torch.stack(
             [
                 c[torch.randint(len(c), (1,), generator=generator)]

@@ -18,11 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 
-from clipgap_cli.clip.model import DEFAULT, clip_identity, load_clip
+from clipgap_cli.clip.model import DEFAULT, clip_identity, load_clip, normalize_pixels
 from clipgap_cli.clip.prompts import (
     CLASS_TEMPLATE,
     DEFAULT_PROMPTS_FILE,
@@ -31,8 +30,9 @@ from clipgap_cli.clip.prompts import (
     read_prompts,
     tokenize,
 )
+from clipgap_cli.clip.split import visual_dims
 from clipgap_cli.data.synth import CLASSES, DOMAINS
-from clipgap_cli.data.synth.corpus import MIN_CROP, REPORT_STREAM, condition_prompt, object_crop
+from clipgap_cli.data.synth.corpus import MIN_CROP, REPORT_STREAM, condition_prompt, object_crop, resize
 from clipgap_cli.data.synth.looks import CONDITION_LOOKS, CONDITIONS, DOMAIN_CONDITIONS, apply_look
 from clipgap_cli.data.synth.scene import Deck, plan_scene, rng_for
 from clipgap_cli.data.synth.shapes import render_scene
@@ -52,15 +52,14 @@ def zero_shot_report(
 ) -> dict:
     """The report as a json-able dict (see the module docstring), on `scenes` fresh scenes."""
     model = load_clip(clip, pretrained)
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, tuple | list) else size
+    size = visual_dims(model.visual).image_size
     scene_images, scene_conditions, crops, crop_labels = [], [], [], []
     deck = Deck(rng_for(REPORT_STREAM, seed, 0))
     for s in range(scenes):
         rendered = render_scene(plan_scene(render_size, deck, (REPORT_STREAM, seed, 2, s)))
         for c, condition in enumerate(CONDITIONS):
             pixels = apply_look(CONDITION_LOOKS[condition], rendered, rng_for(REPORT_STREAM, seed, 3, s, c))
-            scene_images.append(object_crop(pixels, (0, 0, render_size, render_size), size))
+            scene_images.append(resize(pixels, size))
             scene_conditions.append(c)
             for label, box in rendered.boxes:
                 if min(box[2] - box[0], box[3] - box[1]) >= MIN_CROP:
@@ -177,14 +176,10 @@ def render_markdown(report: dict) -> str:
 @torch.no_grad()
 def _encode_images(model, pixels: list[np.ndarray], batch: int = 256) -> torch.Tensor:
     """L2-normalised image embeddings (N, D) of (S, S, 3) uint8 images, CLIP-normalised."""
-    mean, std = (
-        torch.tensor(v).view(1, 3, 1, 1)
-        for v in (open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
-    )
     out = []
     for i in range(0, len(pixels), batch):
-        x = torch.from_numpy(np.stack(pixels[i : i + batch])).permute(0, 3, 1, 2).float() / 255
-        out.append(F.normalize(model.encode_image((x - mean) / std).float(), dim=-1))
+        x = torch.from_numpy(np.stack(pixels[i : i + batch])).permute(0, 3, 1, 2).float()
+        out.append(F.normalize(model.encode_image(normalize_pixels(x)).float(), dim=-1))
     return torch.cat(out)
 
 

@@ -116,13 +116,13 @@ def render_corpus(
                 f"{caption}, with {objects_phrase(labels)}" for caption in condition_captions(CONDITIONS[c])
             ]
             captions = tuple(condition_captions(CONDITIONS[c]) + with_objects)
-            samples.append(Sample(_resize(pixels, image_size), c, captions, None))
+            samples.append(Sample(resize(pixels, image_size), c, captions, None))
             boxes = [b for b in rendered.boxes if min(b[1][2] - b[1][0], b[1][3] - b[1][1]) >= MIN_CROP]
             for i in rng.permutation(len(boxes))[:crops_per_image]:
                 label, box = boxes[int(i)]
                 crop = _square_crop(pixels, box, rng)
                 samples.append(
-                    Sample(_resize(crop, image_size), c, tuple(crop_captions(label, CONDITIONS[c])), label)
+                    Sample(resize(crop, image_size), c, tuple(crop_captions(label, CONDITIONS[c])), label)
                 )
         if progress:
             progress(s + 1, scenes)
@@ -131,7 +131,7 @@ def render_corpus(
 
 def object_crop(pixels: np.ndarray, box: tuple[int, int, int, int], image_size: int) -> np.ndarray:
     """The square around a ground-truth box, with a fixed 10 % margin, at `image_size` px."""
-    return _resize(_square(pixels, box, 0.1, 0.5, 0.5), image_size)
+    return resize(_square(pixels, box, 0.1, 0.5, 0.5), image_size)
 
 
 class _ConditionDeck:
@@ -160,7 +160,8 @@ def _square(pixels: np.ndarray, box, margin: float, fx: float, fy: float) -> np.
     return pixels[top : top + side, left : left + side]
 
 
-def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
+def resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """A square image (S, S, 3) uint8 at `size` px (bilinear), or itself at that size already."""
     if pixels.shape[0] == size:
         return pixels
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
