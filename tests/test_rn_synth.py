@@ -181,3 +181,6 @@ def test_zero_shot_report_on_fresh_renders(tmp_path):
 def test_zero_shot_of_an_unknown_weights_file_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["clip", "zero-shot", "--pretrained", str(tmp_path / "missing.pt")])
     assert_one_line_error(result, "neither a pretrained tag")
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(app, ["clip", "zero-shot", "--out", str(tmp_path / "file")])
+    assert_one_line_error(result, "is a file")

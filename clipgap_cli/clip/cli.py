@@ -14,6 +14,7 @@ from clipgap_cli import options
 from clipgap_cli.clip.model import default_pretrained
 from clipgap_cli.clip.pretrain import Recipe, pretrain
 from clipgap_cli.clip.zero_shot import render_markdown, write_report, zero_shot_report
+from clipgap_cli.errors import ClipgapError
 
 console = Console()
 clip_app = typer.Typer(
@@ -113,6 +114,8 @@ def zero_shot_command(
 ) -> None:
     """Zero-shot accuracy over the 5 domains, the 18 conditions and the 7 classes, and how well
     the text directions of the 15 target prompts agree with the image directions."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise ClipgapError(f"--out {out} is a file; give the directory to write the report into")
     with _bar() as bar:
         task = bar.add_task("rendering", total=scenes, loss="")
         report = zero_shot_report(
