@@ -4,17 +4,20 @@ Every artifact is written atomically (temporary file, fsync, rename) and recorde
 `manifest.json` with its sha256, the stage and options that made it, the hashes of the
 artifacts it was made from, the CLIP model it depends on and the versions of the stack.
 Reads are verified against the manifest, so a stage never trusts a file that was cut off,
-edited, or made with another CLIP model. Nothing else in clipgap opens run-directory files
-by hand.
+edited, or made with another CLIP model. A stage that writes holds the run's lock
+(`Run.writing`), so a second writing stage is refused rather than interleaved. Nothing else
+in clipgap opens run-directory files by hand.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -27,6 +30,8 @@ from clipgap_cli.versions import stack_versions
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
+RUN_LOCK = ".run.lock"  # held by the one stage writing the run; it names that stage
+TEMPORARY = ".tmp"  # in the name of atomic_write's temporary files: `.{name}.{random}.tmp{suffix}`
 
 # The layout (docs/run-directory.md): each artifact's place in the run directory, relative to
 # its root, and the stage that makes it.
@@ -98,7 +103,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     `path`, for writers that infer the format from it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f"{TEMPORARY}{path.suffix}", dir=path.parent
+    )
     # mkstemp makes the file private (0600); give it the mode a plain open() would.
     os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
@@ -246,6 +253,39 @@ class Run:
 
     # -- writes -------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def writing(self, stage: str) -> Iterator[None]:
+        """Hold the run's lock while `stage` writes it; refuse in one sentence if another
+        stage holds it.
+
+        The lock is an `flock` on `.run.lock`, which the kernel releases when the holding
+        process ends, however it ends: a killed stage leaves no lock behind, and the next
+        stage takes it over. The file also records who holds it, for the refusal. Reading
+        a run takes no lock.
+        """
+        path = self.root / RUN_LOCK
+        with open(path, "a+", encoding="utf-8") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ClipgapError(
+                    f"{self.root} is in use by {_holder(path)}; wait for it to finish"
+                ) from None
+            try:
+                holder = {
+                    "stage": stage,
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "since": datetime.now().astimezone().isoformat(timespec="seconds"),
+                }
+                lock.truncate(0)
+                lock.write(json.dumps(holder) + "\n")
+                lock.flush()
+                yield
+            finally:
+                lock.truncate(0)
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def write(
         self,
         rel: str,
@@ -330,6 +370,35 @@ class Run:
         }
         text = json.dumps(data, indent=2, sort_keys=True) + "\n"
         atomic_write(self.root / MANIFEST, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def writes_run(stage: str) -> Callable[[Callable], Callable]:
+    """A stage function whose first argument is an existing run directory, run holding that
+    run's lock (`Run.writing`) from its first check to its last write."""
+
+    def decorate(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def locked(run: Path | str, *args, **kwargs):
+            with Run.open(run).writing(stage):
+                return function(run, *args, **kwargs)
+
+        return locked
+
+    return decorate
+
+
+def _holder(lock: Path) -> str:
+    """`optimize-augs (pid 1234) since 12:03:04`: the stage that holds the run's lock, as it
+    recorded itself (`another clipgap stage` while it is still writing the record)."""
+    try:
+        holder = json.loads(lock.read_text(encoding="utf-8"))
+        since = datetime.fromisoformat(holder["since"])
+        where = "" if holder["host"] == socket.gethostname() else f" on {holder['host']}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "another clipgap stage"
+    same_day = since.date() == datetime.now(since.tzinfo).date()
+    when = since.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S")
+    return f"{holder['stage']} (pid {holder['pid']}{where}) since {when}"
 
 
 def _shared_clip(inputs: Mapping[str, Artifact], clip: ClipIdentity | None) -> dict[str, Any] | None:

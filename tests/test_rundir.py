@@ -1,4 +1,4 @@
-"""The run directory: atomic writes, verified reads, CLIP consistency, the no-op check."""
+"""The run directory: atomic writes, verified reads, CLIP consistency, the no-op check, the run lock."""
 
 import json
 import os
@@ -6,12 +6,16 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_line_error
+from typer.testing import CliRunner
 
+from clipgap_cli.cli import app
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.rundir import MANIFEST, OFFSETS, TEXT_EMBEDDINGS, Run, sha256_of
+from clipgap_cli.rundir import MANIFEST, OFFSETS, RUN_LOCK, TEXT_EMBEDDINGS, Run, sha256_of
 
 RN101 = {"model": "RN101", "pretrained": "openai", "sha256": None}
 RN50 = {"model": "RN50", "pretrained": "openai", "sha256": None}
@@ -197,3 +201,92 @@ def test_record_and_forget_files_written_by_another_writer(tmp_path):
         run.record("train/iter_8.pth", stage="train", options={})
     run.forget(["train/iter_4.pth"])
     assert run.artifact("train/iter_4.pth") is None and run.artifact(TEXT_EMBEDDINGS)
+
+
+def hold_lock(run, stage="optimize-augs"):
+    """Another process that holds the run's lock as `stage` until it is killed; returns once it does."""
+    holder = textwrap.dedent(f"""
+        import time
+        from clipgap_cli.rundir import Run
+        with Run.open({str(run)!r}).writing({stage!r}):
+            print("locked", flush=True)
+            time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def stop(proc):
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["optimize-augs", "--iters", "2", "--device", "cpu", "--data", "{data}"],
+        ["train", "--device", "cpu", "--data", "{data}", "--config", "tiny/gridclip_clip-tiny_fpn_synth.py"],
+        ["evaluate", "--device", "cpu"],
+        ["encode-prompts", "--default-prompts", "--clip", "RN-tiny", "--force"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_a_second_writing_stage_is_refused_naming_the_holder(tiny_run, synth_data, command):
+    manifest = (tiny_run / MANIFEST).read_bytes()
+    holder = hold_lock(tiny_run)
+    try:
+        args = [command[0], "--run", str(tiny_run), *(a.format(data=synth_data) for a in command[1:])]
+        result = CliRunner().invoke(app, args)
+        in_use = f"{tiny_run} is in use by optimize-augs (pid {holder.pid}) since "
+        assert_one_line_error(result, in_use, "wait for it to finish")
+    finally:
+        stop(holder)
+    assert (tiny_run / MANIFEST).read_bytes() == manifest
+
+
+def test_reading_a_run_takes_no_lock(tiny_run):
+    holder = hold_lock(tiny_run, "train")
+    try:
+        result = CliRunner().invoke(app, ["runs", "show", str(tiny_run)], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert TEXT_EMBEDDINGS in result.stdout
+    finally:
+        stop(holder)
+
+
+def test_the_lock_is_released_when_its_stage_fails(tmp_path):
+    run = Run.create(tmp_path)
+    with pytest.raises(KeyboardInterrupt), run.writing("evaluate"):
+        raise KeyboardInterrupt
+    with run.writing("train"):
+        with pytest.raises(ClipgapError, match=rf"in use by train \(pid {os.getpid()}\)"):
+            with Run.open(tmp_path).writing("evaluate"):
+                pass
+
+
+def test_the_lock_of_a_killed_stage_is_taken_over(tiny_run, synth_data):
+    from clipgap_cli.stages.optimize_augs import optimize_augs
+
+    # A real stage, SIGKILLed while it holds the lock and optimises.
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    args = ["optimize-augs", "--run", tiny_run, "--data", synth_data, "--iters", "100000", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "clipgap_cli", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    lock = tiny_run / RUN_LOCK
+    deadline = time.monotonic() + 120
+    while not (lock.is_file() and f'"pid": {proc.pid}' in lock.read_text()):
+        assert proc.poll() is None, "optimize-augs ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1)  # into the optimisation
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert f'"pid": {proc.pid}' in lock.read_text(), "the killed stage's record is still there"
+
+    result = optimize_augs(tiny_run, synth_data, iters=1, crops_per_iter=2)
+    assert result.changed
+    assert CliRunner().invoke(app, ["runs", "show", str(tiny_run)]).exit_code == 0
+    assert Run.open(tiny_run).verified(OFFSETS).stage == "optimize-augs"
+    assert lock.read_text() == "", "the lock is free again, with no holder recorded"

@@ -105,13 +105,14 @@ def encode_prompts(
         clip=identity,
     )
     out = Run.create(run)
-    out.write(
-        TEXT_EMBEDDINGS,
-        lambda tmp: torch.save(result.to_dict(), tmp),
-        stage=STAGE,
-        options=options,
-        clip=identity,
-    )
+    with out.writing(STAGE):
+        out.write(
+            TEXT_EMBEDDINGS,
+            lambda tmp: torch.save(result.to_dict(), tmp),
+            stage=STAGE,
+            options=options,
+            clip=identity,
+        )
     return EncodeResult(out.path(TEXT_EMBEDDINGS), result, changed=True)
 
 

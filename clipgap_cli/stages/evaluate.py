@@ -29,7 +29,7 @@ from clipgap_cli.evaluation.metrics import (
 )
 from clipgap_cli.evaluation.report import write_chart
 from clipgap_cli.models.detectors import build_detector
-from clipgap_cli.rundir import EVAL_DIR, Run
+from clipgap_cli.rundir import EVAL_DIR, Run, writes_run
 
 STAGE = "evaluate"
 METRICS = (*VOC_MODES, "coco")
@@ -48,6 +48,7 @@ class Evaluation:
     chart_rel: str
 
 
+@writes_run(STAGE)
 def evaluate(
     run_path: Path,
     data: Path | None,

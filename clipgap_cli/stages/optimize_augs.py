@@ -22,7 +22,7 @@ from clipgap_cli.clip.model import load_run_clip
 from clipgap_cli.clip.split import v_a, visual_dims
 from clipgap_cli.data.spec import load_spec
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.rundir import AUGS_LOSS_PLOT, AUGS_REPORT, OFFSETS, TEXT_EMBEDDINGS, Run
+from clipgap_cli.rundir import AUGS_LOSS_PLOT, AUGS_REPORT, OFFSETS, TEXT_EMBEDDINGS, Run, writes_run
 
 STAGE = "optimize-augs"
 CROPS_PER_IMAGE = 15  # the reference takes 15 crops from each of its 4 images per iteration
@@ -121,6 +121,7 @@ class OptimizeResult:
     alignment: list[Alignment]
 
 
+@writes_run(STAGE)
 def optimize_augs(
     run: Path,
     data: Path,
