@@ -10,6 +10,7 @@ import importlib.metadata
 import importlib.util
 import os.path as osp
 from multiprocessing.pool import ThreadPool
+from pathlib import Path
 
 import mmdet.evaluation.functional.mean_ap
 import mmdet.models.dense_heads.rpn_head
@@ -18,7 +19,12 @@ import mmengine.hub.hub
 import mmengine.utils
 import mmengine.utils.package_utils
 import torch
+from mmengine.fileio import LocalBackend, register_backend
 from mmengine.runner.checkpoint import CheckpointLoader
+
+from clipgap_cli.rundir import atomic_write
+
+ATOMIC_BACKEND = "clipgap_atomic_local"  # `backend_args=dict(backend=ATOMIC_BACKEND)`
 
 
 # torch >= 2.6 loads with weights_only=True unless told otherwise, and mmengine 0.10.7's
@@ -94,3 +100,22 @@ def rpn_forward_single_float32(self, x: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 mmdet.models.dense_heads.rpn_head.RPNHead.forward_single = rpn_forward_single_float32
+
+
+# mmengine 0.10.7's LocalBackend.put opens the checkpoint's final name for writing and then
+# writes it: a training killed during a save (minutes for a large model) leaves a truncated
+# `iter_N.pth` that resume and evaluation fail on. CheckpointHook saves through the backend
+# its `backend_args` name, so this one, set by `train` for every config, writes each
+# checkpoint to a temporary sibling and renames it into place, as the run directory's
+# artifacts are written.
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend, writing each file whole or not at all."""
+
+    def put(self, obj: bytes, filepath: str | Path) -> None:
+        atomic_write(Path(filepath), lambda tmp: tmp.write_bytes(obj))
+
+    def put_text(self, obj: str, filepath: str | Path, encoding: str = "utf-8") -> None:
+        atomic_write(Path(filepath), lambda tmp: tmp.write_text(obj, encoding=encoding))
+
+
+register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)

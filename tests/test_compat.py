@@ -1,10 +1,12 @@
 """The stack fixes of clipgap_cli.compat: mmengine resume on current torch, mmdet:: configs
-without pkg_resources."""
+without pkg_resources, checkpoints that a kill cannot truncate."""
 
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import clipgap_cli  # noqa: F401  (applies the fixes)
+from clipgap_cli.compat import ATOMIC_BACKEND
 
 
 class Line(BaseModel):
@@ -63,7 +66,7 @@ class RecordState(Hook):
         }
 
 
-def make_runner(work_dir, max_epochs, resume):
+def make_runner(work_dir, max_epochs, resume, **checkpoint):
     recorder = RecordState()
     runner = Runner(
         model=Line(),
@@ -77,7 +80,7 @@ def make_runner(work_dir, max_epochs, resume):
         optim_wrapper=dict(optimizer=dict(type="Adam", lr=0.01)),
         param_scheduler=dict(type="MultiStepLR", milestones=[1], gamma=0.5, by_epoch=True),
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
-        default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=1)),
+        default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=1, **checkpoint)),
         custom_hooks=[recorder],
         resume=resume,
         randomness=dict(seed=0),
@@ -156,3 +159,47 @@ def test_voc_evaluation_does_not_fork():
     mean, results = eval_map(detections, annotations, nproc=4, logger="silent", eval_mode="11points")
     assert mean == pytest.approx(1.0)
     assert [r["num_gts"] for r in results] == [6, 3]
+
+
+def test_a_kill_during_a_checkpoint_save_leaves_the_previous_checkpoints(tmp_path):
+    # The training process is SIGKILLed while it writes epoch_3.pth, half of it on disk.
+    trainer = textwrap.dedent(f"""
+        import pathlib, sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_compat import ATOMIC_BACKEND, make_runner
+
+        write_bytes = pathlib.Path.write_bytes
+
+        def slow_write(self, data):
+            if self.name.startswith(".epoch_3.pth."):
+                write_bytes(self, data[: len(data) // 2])
+                print("saving", self.name, flush=True)
+                time.sleep(600)
+            return write_bytes(self, data)
+
+        pathlib.Path.write_bytes = slow_write
+        runner, _ = make_runner({str(tmp_path)!r}, max_epochs=4, resume=False,
+                                max_keep_ckpts=2, backend_args=dict(backend=ATOMIC_BACKEND))
+        runner.train()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", trainer], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("saving .epoch_3.pth."), "the save was not written through the backend"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+
+    # mmengine removes the oldest kept checkpoint (max_keep_ckpts) before it saves the next.
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pth")) == ["epoch_2.pth"]
+    assert len(list(tmp_path.glob(".epoch_3.pth.*"))) == 1  # the kill landed inside the write
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "epoch_2.pth")
+    saved = torch.load(tmp_path / "epoch_2.pth", map_location="cpu", weights_only=False)
+    assert saved["meta"]["epoch"] == 2
+
+    resumed, seen = make_runner(tmp_path, max_epochs=4, resume=True, max_keep_ckpts=2,
+                                backend_args=dict(backend=ATOMIC_BACKEND))  # fmt: skip
+    resumed.train()
+    assert (seen.seen["start"]["epoch"], seen.seen["end"]["epoch"]) == (2, 4)
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pth")) == ["epoch_3.pth", "epoch_4.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "epoch_4.pth")
+    assert torch.load(tmp_path / "epoch_4.pth", map_location="cpu", weights_only=False)["meta"]["epoch"] == 4

@@ -15,6 +15,7 @@ from helpers import assert_one_line_error, logged_losses
 from typer.testing import CliRunner
 
 from clipgap_cli.cli import app
+from clipgap_cli.compat import ATOMIC_BACKEND
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import OFFSETS, WORK_DIR, Run
 from clipgap_cli.stages.encode_prompts import encode_prompts
@@ -175,16 +176,28 @@ def test_killed_training_resumes_at_the_right_iteration(prepared_run, synth_data
     resumed_from = torch.load(last, map_location="cpu", weights_only=False)["meta"]["iter"]
     assert 10 <= resumed_from < 30
     assert not (work_dir / "iter_30.pth").exists()
+    stale = work_dir / ".iter_35.pth.k2j4hz.tmp.pth"  # as a kill during a save leaves it
+    stale.write_bytes(b"half a checkpoint")
 
     result = CliRunner().invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output
+    assert not stale.exists()
     run = Run.open(prepared_run)
+    assert not [rel for rel in run.artifacts() if "tmp" in rel]
     final = torch.load(run.verified_path(f"{WORK_DIR}/iter_30.pth"), map_location="cpu", weights_only=False)
     assert final["meta"]["iter"] == 30
     logs = sorted(work_dir.glob("*/*.log"))
     assert f"resumed epoch: 0, iter: {resumed_from}" in logs[-1].read_text()
     losses_after_resume = logged_losses_in(logs[-1].parent)
     assert losses_after_resume, "the resumed run logged no training iterations"
+
+
+def test_resume_from_a_checkpoint_that_is_gone_is_refused(prepared_run, synth_data):
+    work_dir = Run.open(prepared_run).path(WORK_DIR)
+    work_dir.mkdir()
+    (work_dir / "last_checkpoint").write_text(str(work_dir / "iter_5.pth"))
+    result = CliRunner().invoke(app, train_args(prepared_run, synth_data, "--resume"))
+    assert_one_line_error(result, f"last_checkpoint names {work_dir / 'iter_5.pth'}, which is not a file")
 
 
 def saved_iteration(work_dir):
@@ -265,6 +278,7 @@ def test_composed_config_takes_sizes_and_paths_from_the_run(prepared_run, synth_
     assert cfg.train_dataloader.dataset.ann_file.endswith("daytime_clear_train.json")
     assert cfg.val_dataloader.dataset.ann_file.endswith("daytime_clear_test.json")
     assert cfg.work_dir == str(Run.open(prepared_run).path(WORK_DIR).resolve())
+    assert cfg.default_hooks.checkpoint.backend_args == dict(backend=ATOMIC_BACKEND)  # whole or none
 
 
 @pytest.mark.parametrize("installed", [True, False])

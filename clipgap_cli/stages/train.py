@@ -10,6 +10,7 @@ process trains in this process; several are started by torchrun, each running th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -26,10 +27,19 @@ from clipgap_cli.artifacts import load_text_embeddings, recorded_checkpoints
 from clipgap_cli.clip import CPU_MODELS
 from clipgap_cli.clip.model import load_run_clip
 from clipgap_cli.clip.split import visual_dims
+from clipgap_cli.compat import ATOMIC_BACKEND
 from clipgap_cli.data.spec import load_run_dataset, set_dataset
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.models.detectors import augmentation_of, fill_model
-from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, TRAINED_CONFIG, WORK_DIR, Run, atomic_write
+from clipgap_cli.rundir import (
+    OFFSETS,
+    TEMPORARY,
+    TEXT_EMBEDDINGS,
+    TRAINED_CONFIG,
+    WORK_DIR,
+    Run,
+    atomic_write,
+)
 
 STAGE = "train"
 CONFIGS = Path(__file__).resolve().parents[1] / "mmconfigs"  # clipgap's configs, package data
@@ -186,6 +196,10 @@ def compose_config(
         # DDP on CPU: gloo, and no device ids (mmengine would pass the local rank as a GPU).
         cfg.env_cfg.dist_cfg = dict(backend="gloo")
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None)
+    hook = cfg.get("default_hooks", {}).get("checkpoint")
+    if hook is not None and not (hook.get("backend_args") or hook.get("file_client_args")):
+        # Checkpoints written whole or not at all, even by a training killed mid-save.
+        hook.backend_args = dict(backend=ATOMIC_BACKEND)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     options = {
@@ -226,24 +240,38 @@ def train(
     """
     run = Run.open(run_path)
     _check_devices(launch)
-    cfg, record = compose_config(run, config, data, launch=launch, resume=resume, **compose)
-    work_dir = run.path(WORK_DIR)
-    has_checkpoint = (work_dir / "last_checkpoint").is_file()
-    if resume and not has_checkpoint:
-        raise ClipgapError(f"nothing to resume in {work_dir}: no checkpoint was saved there yet")
-    if has_checkpoint and not (resume or force):
-        raise ClipgapError(
-            f"{work_dir} already holds a training run; pass --resume to continue it or --force to start over"
-        )
-    config_path = run.path(TRAINED_CONFIG)
-    atomic_write(config_path, lambda tmp: tmp.write_text(cfg.pretty_text))
-    if cfg.launcher == "pytorch":
-        _torchrun(config_path, launch)
-    else:
-        run_runner(config_path, device=launch.device)
-    if launch.node_rank != 0 or _rank() != 0:
-        return []
-    return record_checkpoints(run, **record)
+    leads = _leads(launch)
+    with run.writing(STAGE) if leads else contextlib.nullcontext():
+        cfg, record = compose_config(run, config, data, launch=launch, resume=resume, **compose)
+        work_dir = run.path(WORK_DIR)
+        last_checkpoint = work_dir / "last_checkpoint"
+        has_checkpoint = last_checkpoint.is_file()
+        if resume and not has_checkpoint:
+            raise ClipgapError(f"nothing to resume in {work_dir}: no checkpoint was saved there yet")
+        last = last_checkpoint.read_text().strip() if resume else ""
+        if resume and not Path(last).is_file():
+            raise ClipgapError(
+                f"cannot resume: {last_checkpoint} names {last or 'nothing'}, which is not a file; "
+                "write the path of a checkpoint in it, or pass --force to start over"
+            )
+        if has_checkpoint and not (resume or force):
+            raise ClipgapError(
+                f"{work_dir} already holds a training run; "
+                "pass --resume to continue it or --force to start over"
+            )
+        if leads:
+            # A training killed while saving leaves its checkpoint's temporary file behind.
+            for stale in work_dir.glob(f".*{TEMPORARY}.pth"):
+                stale.unlink()
+        config_path = run.path(TRAINED_CONFIG)
+        atomic_write(config_path, lambda tmp: tmp.write_text(cfg.pretty_text))
+        if cfg.launcher == "pytorch":
+            _torchrun(config_path, launch)
+        else:
+            run_runner(config_path, device=launch.device)
+        if launch.node_rank != 0 or _rank() != 0:
+            return []
+        return record_checkpoints(run, **record)
 
 
 def record_checkpoints(run: Run, inputs: list[str], clip: dict, options: dict) -> list[str]:
@@ -253,11 +281,20 @@ def record_checkpoints(run: Run, inputs: list[str], clip: dict, options: dict) -
     detector from it."""
     run.record(TRAINED_CONFIG, stage=STAGE, options=options, inputs=inputs, clip=clip)
     recorded = recorded_checkpoints(run)
-    present = sorted(p.relative_to(run.root).as_posix() for p in run.path(WORK_DIR).glob("*.pth"))
+    present = sorted(p.relative_to(run.root).as_posix() for p in run.path(WORK_DIR).glob("[!.]*.pth"))
     run.forget(set(recorded) - set(present))
     for rel in present:
         run.record(rel, stage=STAGE, options=options, inputs=inputs, clip=clip)
     return present
+
+
+def _leads(launch: Launch) -> bool:
+    """Whether this is the job's first process, the one that holds the run's lock for the whole
+    training: not the processes torchrun starts (they run `run_runner` only), nor another
+    machine's command or srun task."""
+    return launch.node_rank == 0 and (
+        launch.launcher != "slurm" or os.environ.get("SLURM_PROCID", "0") == "0"
+    )
 
 
 def _check_devices(launch: Launch) -> None:
