@@ -1,6 +1,10 @@
-"""Assertions and readers shared by the CLI tests."""
+"""Assertions, readers and helpers shared by the CLI tests."""
 
+import contextlib
 import json
+import subprocess
+import sys
+import textwrap
 
 
 def assert_one_line_error(result, *fragments):
@@ -19,3 +23,23 @@ def logged_losses(work_dir):
     (scalars,) = work_dir.glob("*/vis_data/scalars.json")
     records = [json.loads(line) for line in scalars.read_text().splitlines()]
     return [r["loss"] for r in records if "loss" in r]
+
+
+@contextlib.contextmanager
+def lock_held(run, stage="optimize-augs"):
+    """Another process holds the run's lock as `stage` for the duration; yields that process."""
+    holder = textwrap.dedent(f"""
+        import time
+        from clipgap_cli.rundir import Run
+        with Run.open({str(run)!r}).writing({stage!r}):
+            print("locked", flush=True)
+            time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()

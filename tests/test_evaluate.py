@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, lock_held
 from mmdet.evaluation.functional import eval_map
 from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
@@ -229,3 +229,19 @@ def test_data_defaults_to_the_dataset_the_checkpoint_was_trained_on(trained_run)
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "daytime_clear*" in result.output
+
+
+def test_runs_that_are_only_read_are_read_while_another_stage_writes_them(trained_run, synth_data, tmp_path):
+    other = shutil.copytree(trained_run, tmp_path / "other")
+    assert evaluate(other, synth_data, "--domain", "daytime_clear").exit_code == 0
+    image = next(synth_data.rglob("*.jpg"))
+    with lock_held(other, "train"):
+        compared = evaluate(trained_run, synth_data, "--domain", "daytime_clear", "--compare", str(other))
+        args = ["predict", str(other), str(image), "--out", str(tmp_path / "out"), "--device", "cpu"]
+        predicted = CliRunner().invoke(app, args)
+        refused = evaluate(other, synth_data, "--domain", "daytime_clear")
+    assert compared.exit_code == 0, compared.output
+    assert str(other) in compared.stdout
+    assert predicted.exit_code == 0, predicted.output
+    assert (tmp_path / "out" / f"{image.stem}.json").is_file()
+    assert_one_line_error(refused, f"{other} is in use by train")

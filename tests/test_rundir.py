@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, lock_held
 from typer.testing import CliRunner
 
 from clipgap_cli.cli import app
@@ -203,26 +203,6 @@ def test_record_and_forget_files_written_by_another_writer(tmp_path):
     assert run.artifact("train/iter_4.pth") is None and run.artifact(TEXT_EMBEDDINGS)
 
 
-def hold_lock(run, stage="optimize-augs"):
-    """Another process that holds the run's lock as `stage` until it is killed; returns once it does."""
-    holder = textwrap.dedent(f"""
-        import time
-        from clipgap_cli.rundir import Run
-        with Run.open({str(run)!r}).writing({stage!r}):
-            print("locked", flush=True)
-            time.sleep(600)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
-def stop(proc):
-    proc.kill()
-    proc.wait()
-    proc.stdout.close()
-
-
 @pytest.mark.parametrize(
     "command",
     [
@@ -235,25 +215,19 @@ def stop(proc):
 )
 def test_a_second_writing_stage_is_refused_naming_the_holder(tiny_run, synth_data, command):
     manifest = (tiny_run / MANIFEST).read_bytes()
-    holder = hold_lock(tiny_run)
-    try:
+    with lock_held(tiny_run) as holder:
         args = [command[0], "--run", str(tiny_run), *(a.format(data=synth_data) for a in command[1:])]
         result = CliRunner().invoke(app, args)
-        in_use = f"{tiny_run} is in use by optimize-augs (pid {holder.pid}) since "
-        assert_one_line_error(result, in_use, "wait for it to finish")
-    finally:
-        stop(holder)
+    in_use = f"{tiny_run} is in use by optimize-augs (pid {holder.pid}) since "
+    assert_one_line_error(result, in_use, "wait for it to finish")
     assert (tiny_run / MANIFEST).read_bytes() == manifest
 
 
 def test_reading_a_run_takes_no_lock(tiny_run):
-    holder = hold_lock(tiny_run, "train")
-    try:
+    with lock_held(tiny_run, "train"):
         result = CliRunner().invoke(app, ["runs", "show", str(tiny_run)], env={"COLUMNS": "200"})
-        assert result.exit_code == 0, result.output
-        assert TEXT_EMBEDDINGS in result.stdout
-    finally:
-        stop(holder)
+    assert result.exit_code == 0, result.output
+    assert TEXT_EMBEDDINGS in result.stdout
 
 
 def test_the_lock_is_released_when_its_stage_fails(tmp_path):
