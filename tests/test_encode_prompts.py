@@ -12,7 +12,7 @@ from clipgap_cli.cli import app
 from clipgap_cli.clip.model import load_clip
 from clipgap_cli.clip.prompts import encode_texts, read_prompts, tokenize
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.rundir import MANIFEST, TEXT_EMBEDDINGS, Run
+from clipgap_cli.rundir import MANIFEST, RUN_LOCK, TEXT_EMBEDDINGS, Run
 
 runner = CliRunner()
 TINY = ["--clip", "RN-tiny"]
@@ -221,4 +221,4 @@ def test_bad_inputs_leave_an_existing_run_unchanged(tmp_path):
         assert_one_line_error(run_bad(tmp_path, files, args, run), *fragments)
     assert (run / MANIFEST).read_bytes() == manifest
     assert (run / TEXT_EMBEDDINGS).read_bytes() == embeddings
-    assert sorted(p.name for p in run.iterdir()) == sorted([".manifest.lock", MANIFEST, "prompts"])
+    assert sorted(p.name for p in run.iterdir()) == sorted([".manifest.lock", RUN_LOCK, MANIFEST, "prompts"])
