@@ -27,7 +27,7 @@ from clipgap_cli.rundir import Run, describe_clip
 from clipgap_cli.stages.encode_prompts import encode_prompts, parse_class_names
 from clipgap_cli.stages.evaluate import ALL, evaluate, stored_evaluation
 from clipgap_cli.stages.export import export
-from clipgap_cli.stages.optimize_augs import optimize_augs
+from clipgap_cli.stages.optimize_augs import DomainShift, optimize_augs
 from clipgap_cli.stages.predict import predict
 from clipgap_cli.stages.train import CPU_DETECTORS, DETECTORS, Launch, choose_config, parse_cfg_options, train
 from clipgap_cli.versions import stack_versions
@@ -403,9 +403,31 @@ def optimize_augs_command(
             f"{a.cos_to_direction_after:.3f}",
         )
     console.print(table)
+    if result.domains:
+        _print_domain_shifts(result.domains)
     console.print(
         f"written: {run}/augs/offsets.pt, report.json, loss.png (held-out crops, bn mode {bn_mode})"
     )
+
+
+def _print_domain_shifts(domains: list[DomainShift]) -> None:
+    table = Table(
+        title="do the offsets move source features towards each target domain's? (layer3 channel means; "
+        "closed: the fraction of the gap closed, < 0 moved away; cos: of mean(A_j) with the gap)"
+    )
+    for column in ("target domain", "gap"):
+        table.add_column(column, justify="left" if column == "target domain" else "right")
+    for which in ("naming prompt", "best prompt"):
+        table.add_column(which)
+        table.add_column("closed", justify="right")
+        table.add_column("cos", justify="right")
+    for d in domains:
+        named = (
+            (d.named.prompt, f"{d.named.closed:+.3f}", f"{d.named.cosine:+.3f}") if d.named else ("none",) * 3
+        )
+        best = (d.best.prompt, f"{d.best.closed:+.3f}", f"{d.best.cosine:+.3f}")
+        table.add_row(d.domain, f"{d.best.distance_before:.3f}", *named, *best)
+    console.print(table)
 
 
 @app.command("train", cls=_SpreadCfgOptions)

@@ -17,6 +17,7 @@ from clipgap_cli.cli import app
 from clipgap_cli.data.convert import DWD_CLASSES, DWD_DOMAINS, convert_voc
 from clipgap_cli.data.spec import SPEC_NAME, load_spec, set_dataset
 from clipgap_cli.data.synth import render_preview, synthesize
+from clipgap_cli.data.synth.looks import LOOKS, at_severity
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.stages.train import CONFIGS as PACKAGE_CONFIGS
 
@@ -95,11 +96,14 @@ def test_images_and_boxes_are_sound(out):
             assert 0.05 * SIZE <= max(w, h) <= 0.6 * SIZE  # neither specks nor the whole image
 
 
-def test_the_domains_really_differ(out):
+def test_the_domains_really_differ(tmp_path):
+    full = tmp_path / "full"  # the full conditions; the default severity is milder
+    synthesize(full, seed=0, images_per_domain=IMAGES, size=SIZE, severity=1.0)
+
     def stats(domain):
         """Mean brightness, mean horizontal gradient (edge contrast), blue minus red."""
         pixels = np.stack(
-            [np.asarray(Image.open(p), np.float32) for p in (out / "voc" / domain).rglob("*.jpg")]
+            [np.asarray(Image.open(p), np.float32) for p in (full / "voc" / domain).rglob("*.jpg")]
         )
         grey = pixels.mean(axis=3)
         return grey.mean(), np.abs(np.diff(grey, axis=2)).mean(), (pixels[..., 2] - pixels[..., 0]).mean()
@@ -108,6 +112,35 @@ def test_the_domains_really_differ(out):
     assert night[0] < 0.4 * day[0] and night_rain[0] < 0.4 * day[0]  # dark
     assert dusk[0] < 0.75 * day[0] and dusk[2] < day[2] - 20  # dimmer and warmer
     assert fog[1] < 0.6 * day[1] and fog[0] > day[0]  # washed out and bright
+
+
+def test_severity_moves_the_targets_from_the_clear_day_to_the_full_condition(tmp_path):
+    clear = LOOKS["daytime_clear"]
+    for look in LOOKS.values():
+        assert at_severity(look, 1) == look and at_severity(look, 0) == clear
+        half = at_severity(look, 0.5)
+        assert half.gain == pytest.approx(
+            tuple((a + b) / 2 for a, b in zip(clear.gain, look.gain, strict=True))
+        )
+        assert half.wet == look.wet and not at_severity(look, 0).wet
+
+    def brightness(severity):
+        synthesize(tmp_path / str(severity), seed=0, images_per_domain=4, size=64, severity=severity)
+        return {
+            d: np.mean(
+                [
+                    np.asarray(Image.open(p), np.float32).mean()
+                    for p in (tmp_path / str(severity)).glob(f"voc/{d}/VOC2007/JPEGImages/*.jpg")
+                ]
+            )
+            for d in ("daytime_clear", "night_sunny", "night_rainy")
+        }
+
+    none, half, full = brightness(0.0), brightness(0.5), brightness(1.0)
+    assert none["daytime_clear"] == half["daytime_clear"] == full["daytime_clear"]  # the source never changes
+    for night in ("night_sunny", "night_rainy"):
+        assert none[night] > half[night] > full[night]
+        assert none[night] == pytest.approx(none["daytime_clear"], rel=0.2)  # severity 0: lit as the day
 
 
 def test_same_seed_gives_identical_files_and_another_seed_differs(out, tmp_path):
@@ -137,6 +170,7 @@ def test_preview_shows_every_domain_and_is_deterministic():
         (dict(images_per_domain=1), "too few"),
         (dict(size=32), "--size 32 is out of range"),
         (dict(seed=-1), "--seed -1 is negative"),
+        (dict(severity=1.5), "--severity 1.5 is out of range"),
     ],
 )
 def test_bad_arguments_fail_clearly(tmp_path, kwargs, message):
@@ -168,6 +202,8 @@ def test_cli_bad_input_is_an_error_not_a_traceback(tmp_path):
     assert_one_line_error(invoke("data", "synth", tmp_path / "file"), "is a file")
     result = invoke("data", "synth", tmp_path / "out", "--size", 10)
     assert_one_line_error(result, "--size 10 is out of range; give an integer in 64..1024")
+    result = invoke("data", "synth", tmp_path / "out", "--severity", "nan")
+    assert_one_line_error(result, "--severity nan is out of range; give a value in [0, 1]")
     assert not (tmp_path / "out").exists()
 
 

@@ -1,13 +1,14 @@
 """Stage `optimize-augs`: learn CLIP the Gap's semantic augmentations A_j from random crops of
 the source images, by Adam on the objective of `clipgap_cli.augmentation.objective`; write
-them, a report of how far they move held-out crops, and the loss curve."""
+them, a report of how far they move held-out crops (and, when the dataset has target domains,
+whether they move source features towards those domains' real features), and the loss curve."""
 
 from __future__ import annotations
 
 import copy
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,13 @@ from PIL import Image
 from torch import nn
 
 from clipgap_cli.artifacts import load_text_embeddings, offsets_content
+from clipgap_cli.augmentation.feature_shift import Shift, channel_means, feature_shifts
 from clipgap_cli.augmentation.objective import alignment, augmentation_loss, text_directions
 from clipgap_cli.clip.model import load_run_clip
 from clipgap_cli.clip.split import v_a, visual_dims
-from clipgap_cli.data.spec import load_spec
+from clipgap_cli.data.spec import DataSpec, Split, load_spec
+from clipgap_cli.data.synth.corpus import condition_prompt
+from clipgap_cli.data.synth.looks import DOMAIN_CONDITIONS
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.rundir import AUGS_LOSS_PLOT, AUGS_REPORT, OFFSETS, TEXT_EMBEDDINGS, Run, writes_run
 
@@ -85,8 +89,11 @@ class SourceCrops:
 
 def source_images(data: Path) -> list[Path]:
     """The source training images of the dataset spec at `data` that exist on disk."""
-    spec = load_spec(data)
-    split = spec.train_split
+    return split_images(load_spec(data).train_split)
+
+
+def split_images(split: Split) -> list[Path]:
+    """The images of a split's COCO json that exist on disk."""
     try:
         coco = json.loads(split.ann_file.read_text(encoding="utf-8"))
         names = [entry["file_name"] for entry in coco["images"]]
@@ -95,7 +102,7 @@ def source_images(data: Path) -> list[Path]:
     images = [split.image_dir / name for name in names if (split.image_dir / name).is_file()]
     if not images:
         raise ClipgapError(
-            f"the source training split {split.ann_file} lists {len(names)} images, none of them "
+            f"the split {split.ann_file} lists {len(names)} images, none of them "
             f"found in {split.image_dir}; the dataset has no usable images"
         )
     return images
@@ -115,10 +122,24 @@ class Alignment:
 
 
 @dataclass(frozen=True)
+class DomainShift:
+    """Whether the offsets move source features towards one target domain's real features
+    (`clipgap_cli.augmentation.feature_shift`): for the prompt that names the domain (None
+    when no prompt does) and for the prompt whose offset closes most of the gap."""
+
+    domain: str
+    images: int  # the domain's images the crops came from
+    named: Shift | None
+    best: Shift
+    prompts: list[Shift]  # every prompt, in the prompts' order
+
+
+@dataclass(frozen=True)
 class OptimizeResult:
     changed: bool  # False when the artifacts were current and nothing was done
     losses: list[float]
     alignment: list[Alignment]
+    domains: list[DomainShift]  # one per target domain of the dataset; [] without targets
 
 
 @writes_run(STAGE)
@@ -164,7 +185,7 @@ def optimize_augs(
         run_dir.is_current(rel, STAGE, options, [TEXT_EMBEDDINGS])
         for rel in (OFFSETS, AUGS_REPORT, AUGS_LOSS_PLOT)
     ):
-        return OptimizeResult(changed=False, losses=[], alignment=[])
+        return OptimizeResult(changed=False, losses=[], alignment=[], domains=[])
     clip, identity = load_run_clip(text.clip, pretrained)
     run_dir.check_clip([TEXT_EMBEDDINGS], identity)
 
@@ -202,8 +223,56 @@ def optimize_augs(
         Alignment(prompt, before[0][j], after[0][j], after[1][j])
         for j, prompt in enumerate(text.target_prompts)
     ]
-    _write(run_dir, text, offsets.detach().cpu(), losses, measured, options, identity)
-    return OptimizeResult(changed=True, losses=losses, alignment=measured)
+    domains = domain_shifts(
+        clip.visual, load_spec(data), offsets.detach().cpu(), text.target_prompts, crop_size, seed
+    )
+    _write(run_dir, text, offsets.detach().cpu(), losses, measured, domains, options, identity)
+    return OptimizeResult(changed=True, losses=losses, alignment=measured, domains=domains)
+
+
+def domain_shifts(
+    visual: nn.Module, spec: DataSpec, offsets: torch.Tensor, prompts: list[str], crop_size: int, seed: int
+) -> list[DomainShift]:
+    """For each target domain of `spec`, how each offset (M, C, S, S) moves the layer3 channel
+    means of source crops relative to those of the domain's crops.
+
+    Crops are taken as for the optimisation, REPORT_CROPS from at most HELD_OUT_IMAGES images
+    of each domain's evaluation split (the source's, for the source); V_a runs with CLIP's
+    stored BatchNorm statistics, so that each domain's statistics show, as in a test image.
+    A target domain whose images cannot be read is left out.
+    """
+    if not spec.targets:
+        return []
+    visual = copy.deepcopy(visual).cpu().eval()
+    size = visual_dims(visual).image_size
+
+    def means(domain: str, key: int) -> tuple[torch.Tensor, int]:
+        """The channel means (C,) of crops of one domain, and how many images they came from."""
+        rng = np.random.default_rng([seed, key])
+        images = split_images(spec.eval_split(domain))
+        chosen = [images[i] for i in sorted(rng.permutation(len(images))[:HELD_OUT_IMAGES])]
+        crops = SourceCrops(chosen, crop_size, size).sample(REPORT_CROPS, rng)
+        return channel_means(_features(visual, crops)), len(chosen)
+
+    source, _ = means(spec.source.name, 0)
+    shifts = []
+    for k, domain in enumerate(spec.targets, start=1):
+        try:
+            target, images = means(domain.name, k)
+        except ClipgapError:  # a target domain whose images are not on disk: nothing to measure
+            continue
+        each = feature_shifts(source, target, offsets, prompts)
+        named = next((s for s in each if s.prompt == naming_prompt(domain.name)), None)
+        best = max(each, key=lambda s: s.closed)
+        shifts.append(DomainShift(domain.name, images, named, best, each))
+    return shifts
+
+
+def naming_prompt(domain: str) -> str | None:
+    """The default prompts' wording of a Diverse Weather (or synthetic benchmark) domain:
+    "an image taken on a rain night" for night_rainy; None for a domain of other data."""
+    condition = DOMAIN_CONDITIONS.get(domain)
+    return condition_prompt(condition) if condition else None
 
 
 @torch.no_grad()
@@ -212,11 +281,12 @@ def _features(visual: nn.Module, crops: torch.Tensor) -> torch.Tensor:
     return v_a(visual, crops.to(next(visual.parameters()).device))
 
 
-def _write(run_dir, text, offsets, losses, measured, options, identity) -> None:
+def _write(run_dir, text, offsets, losses, measured, domains, options, identity) -> None:
     artifact = offsets_content(offsets, text.source_prompt, text.target_prompts)
     report = {
         "losses": losses,
         "alignment": [a.__dict__ for a in measured],
+        "target_domains": [asdict(d) for d in domains],
     }
     common = dict(stage=STAGE, options=options, inputs=[TEXT_EMBEDDINGS], clip=identity)
     run_dir.write(OFFSETS, lambda tmp: torch.save(artifact, tmp), **common)

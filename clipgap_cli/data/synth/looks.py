@@ -10,7 +10,7 @@ conditions start from their time of day's clear look and add their weather.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -229,7 +229,37 @@ CONDITION_LOOKS: dict[Condition, Look] = {
     for time, weather in CONDITIONS
 }
 LOOKS: dict[str, Look] = {domain: CONDITION_LOOKS[c] for domain, c in DOMAIN_CONDITIONS.items()}
-"""The benchmark domains' looks, by domain name."""
+"""The benchmark domains' looks, by domain name, at full severity."""
+
+
+def at_severity(look: Look, severity: float) -> Look:
+    """`look` moved `severity` of the way from the clear day's look towards itself.
+
+    Every number of the look (illumination, colour cast, sky, lamps, glare, rain, fog, blur,
+    noise...) is interpolated linearly between the clear day's value (severity 0: the clear
+    day itself) and the look's own (severity 1: the full condition); a wet road stays wet
+    at any severity above 0, its reflections as bright as the lamps that make them.
+    """
+    if not 0 <= severity <= 1:
+        raise ValueError(f"severity {severity} is outside [0, 1]")
+    clear = LOOKS["daytime_clear"]
+    blended = {}
+    for field in fields(Look):
+        start, end = getattr(clear, field.name), getattr(look, field.name)
+        if isinstance(end, bool):
+            blended[field.name] = end and severity > 0
+        else:
+            blended[field.name] = _lerp(start, end, severity)
+    return Look(**blended)
+
+
+def _lerp(start, end, t: float):
+    """start + t * (end - start) for numbers and (nested) tuples of numbers; exact at t = 0 and 1."""
+    if isinstance(end, tuple):
+        return tuple(_lerp(a, b, t) for a, b in zip(start, end, strict=True))
+    if t == 1:
+        return end
+    return start + t * (end - start)
 
 
 def apply_look(look: Look, scene: Rendered, rng: np.random.Generator) -> np.ndarray:

@@ -1,0 +1,405 @@
+"""The paper's table at CPU scale: per-domain AP50 of the source-only baseline, the CLIP text
+classifier, CLIP the Gap and GridCLIP, on the synthetic benchmark with RN-synth, over seeds.
+
+    python benchmarks/cpu_table.py                      # the table: docs/results/cpu-table.{md,json,png}
+    python benchmarks/cpu_table.py --calibrate 0.4 0.6  # the baseline row alone at each severity:
+                                                        # docs/results/severity-calibration.{md,json}
+
+It renders the benchmark (`clipgap data synth`), then for each seed runs the stages as a
+user would, through their library functions: `encode-prompts` (RN-synth, the 15 default
+prompts), `optimize-augs` (seeded), and for each row `train` (same seed, the row's config)
+and `evaluate --domain all` (the checkpoint with the best source AP50, as the reference
+selects it). Every run directory stays under --work, and a cell whose evaluation exists is
+not run again: an interrupted table resumes where it stopped. See docs/reproducing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: a detector config of clipgap's and what the row changes in it."""
+
+    label: str
+    config: str  # inside clipgap's mmconfigs/
+    bn_mode: str | None = None  # for a config with the semantic augmentation: optimize-augs --bn-mode
+    cfg_options: dict[str, Any] = field(default_factory=dict)
+
+
+C4 = "tiny/faster-rcnn_clip-synth_c4"
+GRID = "tiny/gridclip_clip-synth_fpn"
+ROWS = {
+    "linear": Row(
+        "linear classifier (source-only baseline)",
+        f"{C4}.py",
+        cfg_options={"model.roi_head.bbox_head.classifier": "linear"},
+    ),  # fmt: skip
+    "clip-t": Row("clip-t: text classifier", f"{C4}.py"),
+    "clip-t+aug": Row("clip-t + semantic augmentations (CLIP the Gap)", f"{C4}_aug.py", bn_mode="train"),
+    "gridclip": Row("GridCLIP", f"{GRID}.py"),
+    "gridclip+aug": Row("GridCLIP + semantic augmentations", f"{GRID}_aug.py", bn_mode="train"),
+    # Not in the default table: CLIP the Gap with its offsets optimised under CLIP's stored
+    # BatchNorm statistics (docs/reproducing.md says why).
+    "clip-t+aug-bn-eval": Row(
+        "clip-t + semantic augmentations, optimize-augs --bn-mode eval", f"{C4}_aug.py", bn_mode="eval"
+    ),  # fmt: skip
+}
+DEFAULT_ROWS = ["linear", "clip-t", "clip-t+aug", "gridclip", "gridclip+aug"]
+BASELINE = "linear"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the whole table shares: the benchmark and the optimize-augs schedule."""
+
+    images_per_domain: int = 200
+    size: int = 160
+    severity: float | None = None  # None: `data synth`'s default
+    data_seed: int = 0
+    aug_iters: int = 200
+    aug_crops: int = 30
+    max_iters: int | None = None  # None: the configs' own schedule
+
+    def synth_options(self) -> dict[str, Any]:
+        from clipgap_cli.data.synth import SEVERITY
+
+        return dict(
+            seed=self.data_seed,
+            images_per_domain=self.images_per_domain,
+            size=self.size,
+            severity=SEVERITY if self.severity is None else self.severity,
+        )
+
+
+QUICK = Setting(images_per_domain=12, size=96, aug_iters=2, aug_crops=6, max_iters=4)
+
+
+def prepare_data(work: Path, setting: Setting) -> Path:
+    """The rendered benchmark under `work`, rendered again only if its options changed."""
+    from clipgap_cli.data.synth import synthesize
+
+    data = work / "data"
+    options = setting.synth_options()
+    stamp = data / "synth-options.json"
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == options):
+        shutil.rmtree(data, ignore_errors=True)
+        synthesize(data, **options)
+        stamp.write_text(json.dumps(options))
+    return data
+
+
+def prepare_seed(work: Path, data: Path, seed: int, setting: Setting, bn_mode: str | None) -> Path:
+    """A run directory with the prompts' text embeddings and, unless `bn_mode` is None, the
+    seed's offsets optimised in that BatchNorm mode."""
+    from clipgap_cli.clip.prompts import DEFAULT_PROMPTS_FILE, read_prompts
+    from clipgap_cli.stages.encode_prompts import encode_prompts
+    from clipgap_cli.stages.optimize_augs import optimize_augs
+
+    run = work / f"seed{seed}" / ("prompts-bn-eval" if bn_mode == "eval" else "prompts")
+    encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-synth", pretrained="synth")
+    if bn_mode:
+        optimize_augs(run, data, iters=setting.aug_iters, crops_per_iter=setting.aug_crops, seed=seed,
+                      bn_mode=bn_mode)  # fmt: skip
+    return run
+
+
+def run_cell(prepared: Path, cell: Path, data: Path, row: Row, seed: int, max_iters: int | None) -> dict:
+    """Train and evaluate one row for one seed in the run directory `cell` (a copy of
+    `prepared`); returns the evaluation report (and keeps it as `cell/result.json`)."""
+    import torch
+
+    from clipgap_cli.rundir import atomic_write
+    from clipgap_cli.stages.evaluate import evaluate
+    from clipgap_cli.stages.train import Launch, resolve_config, train
+
+    torch.set_num_threads(int(os.environ.get("CLIPGAP_TABLE_THREADS", "2")))
+    done = cell / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    shutil.rmtree(cell, ignore_errors=True)
+    shutil.copytree(prepared, cell)
+    start = time.perf_counter()
+    train(cell, resolve_config(row.config), data, launch=Launch(device="cpu"), seed=seed,
+          max_iters=max_iters, cfg_options=row.cfg_options)  # fmt: skip
+    trained = time.perf_counter()
+    report = evaluate(cell, data, checkpoint="best", device="cpu").report
+    report["seconds"] = {"train": trained - start, "evaluate": time.perf_counter() - trained}
+    atomic_write(done, lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
+    return report
+
+
+def build(work: Path, rows: list[str], seeds: list[int], setting: Setting, jobs: int) -> dict:
+    """Every (row, seed) cell's evaluation, and the seeds' optimize-augs reports."""
+    start = time.perf_counter()
+    data = prepare_data(work, setting)
+    # One prepared run per seed and BatchNorm mode of optimize-augs; the rows without
+    # augmentation copy the reference mode's (or a run of text embeddings alone).
+    modes = list(dict.fromkeys(ROWS[r].bn_mode for r in rows if ROWS[r].bn_mode)) or [None]
+    prepared = {(s, m): prepare_seed(work, data, s, setting, m) for s in seeds for m in modes}
+    prepared_at = time.perf_counter()
+    cells = {(r, s): work / f"seed{s}" / r for r in rows for s in seeds}
+    os.environ["CLIPGAP_TABLE_THREADS"] = str(max(1, 2 // jobs))
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        futures = {
+            (r, s): pool.submit(
+                run_cell, prepared[s, ROWS[r].bn_mode or modes[0]], cell, data, ROWS[r], s, setting.max_iters
+            )  # fmt: skip
+            for (r, s), cell in cells.items()
+        }
+        results = {key: future.result() for key, future in futures.items()}
+    augs = {  # BatchNorm mode -> seed -> the optimize-augs diagnostic
+        m: {
+            s: json.loads((prepared[s, m] / "augs" / "report.json").read_text())["target_domains"]
+            for s in seeds
+        }
+        for m in modes
+        if m
+    }
+    return {
+        "setting": setting.synth_options() | {"aug_iters": setting.aug_iters, "aug_crops": setting.aug_crops},
+        "results": results,
+        "augs": augs,
+        "seconds": {"prepare": prepared_at - start, "total": time.perf_counter() - start},
+    }
+
+
+# -- the summary ---------------------------------------------------------------------------
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(built: dict, rows: list[str], seeds: list[int]) -> dict:
+    """Per row and domain, the mean and std over seeds of VOC07 AP50 (in %), the targets' mean."""
+    first = next(iter(built["results"].values()))
+    domains = list(first["domains"])
+    targets = [d for d in domains if first["domains"][d]["role"] == "target"]
+    sizes = {d: first["domains"][d]["images"] for d in domains}
+    table = {}
+    for r in rows:
+        per_seed = {
+            d: [100 * built["results"][r, s]["domains"][d]["voc07"]["mAP"] for s in seeds] for d in domains
+        }
+        per_seed["targets"] = [statistics.fmean(per_seed[d][i] for d in targets) for i in range(len(seeds))]
+        table[r] = {d: mean_std(v) for d, v in per_seed.items()} | {"per_seed": per_seed}
+    return {"domains": domains, "targets": targets, "images": sizes, "rows": table}
+
+
+def retention(summary: dict, row: str = BASELINE) -> dict[str, float]:
+    """The share of the row's source AP50 each target keeps (mean over seeds), and their mean."""
+    source = summary["domains"][0]
+    scores = summary["rows"][row]
+    kept = {d: scores[d][0] / scores[source][0] for d in summary["targets"]}
+    return kept | {"targets": scores["targets"][0] / scores[source][0]}
+
+
+def diagnostic(augs: dict) -> list[dict]:
+    """Per target domain, over seeds: the gap, the naming prompt's and the best prompt's
+    fraction closed and cosine (mean and std), and the prompt that was best most often."""
+    out = []
+    seeds = list(augs)
+    for k, entry in enumerate(augs[seeds[0]]):
+        per_seed = [augs[s][k] for s in seeds]
+        named = [d["named"] for d in per_seed if d["named"]]
+        best_prompts = [d["best"]["prompt"] for d in per_seed]
+        out.append(
+            {
+                "domain": entry["domain"],
+                "gap": mean_std([d["best"]["distance_before"] for d in per_seed]),
+                "named_prompt": named[0]["prompt"] if named else None,
+                "named_closed": mean_std([n["closed"] for n in named]) if named else None,
+                "named_cosine": mean_std([n["cosine"] for n in named]) if named else None,
+                "best_prompt": max(set(best_prompts), key=best_prompts.count),
+                "best_closed": mean_std([d["best"]["closed"] for d in per_seed]),
+                "best_cosine": mean_std([d["best"]["cosine"] for d in per_seed]),
+                "best_size": mean_std([d["best"]["size"] for d in per_seed]),
+            }
+        )
+    return out
+
+
+def _pm(value: tuple[float, float], digits: int = 1) -> str:
+    return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
+def table_markdown(summary: dict, rows: list[str]) -> list[str]:
+    domains = summary["domains"]
+    head = ["row", *(f"{d}*" if i == 0 else d for i, d in enumerate(domains)), "targets' mean"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [_pm(summary["rows"][r][d]) for d in [*domains, "targets"]]
+        lines.append(f"| {ROWS[r].label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def diagnostic_markdown(diag: list[dict]) -> list[str]:
+    lines = [
+        "| target domain | gap \\|μ_t − μ_s\\| | naming prompt | closed | cos | best prompt | closed | cos |"
+        " \\|mean(A_j)\\| / gap |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in diag:
+        named = (
+            [d["named_prompt"], _pm(d["named_closed"], 3), _pm(d["named_cosine"], 3)]
+            if d["named_prompt"]
+            else ["none of the prompts", "–", "–"]
+        )
+        best = [d["best_prompt"], _pm(d["best_closed"], 3), _pm(d["best_cosine"], 3), _pm(d["best_size"], 3)]
+        lines.append(f"| {d['domain']} | {_pm(d['gap'], 3)} | " + " | ".join(named + best) + " |")
+    return lines
+
+
+def write_chart(path: Path, summary: dict, rows: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [*summary["domains"], "targets"]
+    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        means = [summary["rows"][r][c][0] for c in columns]
+        stds = [summary["rows"][r][c][1] for c in columns]
+        xs = [x + (i - (len(rows) - 1) / 2) * width for x in range(len(columns))]
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=ROWS[r].label)
+    ax.set_xticks(range(len(columns)), [f"{c}*" if j == 0 else c for j, c in enumerate(columns)])
+    ax.set_ylabel("VOC07 AP50 (%)")
+    ax.set_title("The paper's table at CPU scale (synthetic benchmark, RN-synth; mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+# -- the two commands ----------------------------------------------------------------------
+
+
+def command() -> str:
+    """This command as run, less where it keeps its files (--work, --out)."""
+    words, skip = ["python", "benchmarks/cpu_table.py"], False
+    for word in sys.argv[1:]:
+        if not skip and word not in ("--work", "--out"):
+            words.append(word)
+        skip = word in ("--work", "--out")
+    return " ".join(words)
+
+
+def write(out: Path, name: str, payload: dict, markdown: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (out / f"{name}.md").write_text("\n".join(markdown) + "\n")
+
+
+def table(args: argparse.Namespace, setting: Setting) -> None:
+    built = build(args.work, args.rows, args.seeds, setting, args.jobs)
+    summary = summarise(built, args.rows, args.seeds)
+    diag = {mode: diagnostic(augs) for mode, augs in built["augs"].items()}
+    kept = retention(summary) if BASELINE in args.rows else {}
+    minutes = built["seconds"]["total"] / 60
+    md = [
+        "# The paper's table at CPU scale",
+        "",
+        f"VOC07 11-point AP50 (%), mean ± std over seeds {', '.join(map(str, args.seeds))}; `*` the source "
+        "domain, scored on its test list, the targets on their train lists. "
+        f"Images scored: {', '.join(f'{d} {n}' for d, n in summary['images'].items())}.",
+        "",
+        *table_markdown(summary, args.rows),
+        "",
+    ]
+    if kept:
+        md += [
+            "The baseline keeps "
+            + ", ".join(f"{d} {100 * v:.0f} %" for d, v in kept.items() if d != "targets")
+            + f" of its source AP50 (targets' mean {100 * kept['targets']:.0f} %).",
+            "",
+        ]
+    for mode, domains in diag.items():
+        md += [
+            "## Do the offsets move source features towards the target domains?"
+            + ("" if mode == "train" else f" (optimize-augs --bn-mode {mode})"),
+            "",
+            "Layer3 channel means of source crops plus mean(A_j) against those of each target domain's "
+            "crops (`optimize-augs`'s report; mean ± std over the seeds). closed: the fraction of the "
+            "gap closed (0 before optimisation, < 0 moved away); cos: of mean(A_j) with the gap.",
+            "",
+            *diagnostic_markdown(domains),
+            "",
+        ]
+    md += [
+        f"Setting: {json.dumps(built['setting'])}. Built in {minutes:.1f} min with `{command()}`.",
+    ]
+    payload = {"setting": built["setting"], "seeds": args.seeds, "summary": summary, "retention": kept,
+               "diagnostic": diag.get("train", []), "seconds": built["seconds"]}  # fmt: skip
+    payload |= {f"diagnostic_bn_{mode}": domains for mode, domains in diag.items() if mode != "train"}
+    write(args.out, args.name, payload, md)
+    write_chart(args.out / f"{args.name}.png", summary, args.rows)
+    print("\n".join(md))
+
+
+def calibrate(args: argparse.Namespace, setting: Setting) -> None:
+    """The baseline row alone, at each severity: how much of its source AP50 the targets keep."""
+    from dataclasses import replace
+
+    summaries = {}
+    md = [
+        "# Calibrating the synthetic benchmark's severity",
+        "",
+        f"The source-only baseline ({ROWS[BASELINE].label}), VOC07 AP50 (%), mean ± std over seeds "
+        f"{', '.join(map(str, args.seeds))}, and the share of its source AP50 each target keeps.",
+        "",
+    ]
+    start = time.perf_counter()
+    for severity in args.calibrate:
+        level = replace(setting, severity=severity)
+        built = build(args.work / f"severity-{severity:g}", [BASELINE], args.seeds, level, args.jobs)
+        summary = summarise(built, [BASELINE], args.seeds)
+        kept = retention(summary)
+        summaries[severity] = {"summary": summary, "retention": kept}
+        md += [f"## severity {severity:g}", "", *table_markdown(summary, [BASELINE]), ""]
+        md += ["kept: " + ", ".join(f"{d} {100 * v:.0f} %" for d, v in kept.items()), ""]
+    md += [f"Built in {(time.perf_counter() - start) / 60:.1f} min with `{command()}`."]
+    write(args.out, "severity-calibration", {"seeds": args.seeds, "severities": summaries}, md)
+    print("\n".join(md))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "cpu-table",
+                        help="where the dataset and every run directory are kept")  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=DEFAULT_ROWS)
+    parser.add_argument("--name", default="cpu-table", help="the outputs' file name, without suffix")
+    parser.add_argument("--jobs", type=int, default=2, help="cells trained at once (threads: 2 // jobs)")
+    parser.add_argument("--calibrate", type=float, nargs="+", metavar="SEVERITY",
+                        help="measure the baseline row alone at these severities")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny data, 4 iterations")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    setting = QUICK if args.quick else Setting()
+    if args.calibrate:
+        calibrate(args, setting)
+    else:
+        table(args, setting)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""benchmarks/cpu_table.py, the command behind docs/results/cpu-table.*: a smoke run at tiny size."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(900)
+def test_the_table_command_writes_every_output_and_resumes(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "benchmarks" / "cpu_table.py"), "--quick", "--seeds", "0", "1",
+               "--rows", "linear", "clip-t+aug", "gridclip+aug", "--jobs", "1",
+               "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads((out / "cpu-table.json").read_text())
+    summary = payload["summary"]
+    assert summary["domains"][0] == "daytime_clear" and len(summary["targets"]) == 4
+    assert set(summary["rows"]) == {"linear", "clip-t+aug", "gridclip+aug"}
+    for row in summary["rows"].values():
+        assert len(row["per_seed"]["targets"]) == 2
+        for mean, std in (row[d] for d in [*summary["domains"], "targets"]):
+            assert 0 <= mean <= 100 and std >= 0
+    assert set(payload["retention"]) == {*summary["targets"], "targets"}
+    assert [d["domain"] for d in payload["diagnostic"]] == summary["targets"]
+    markdown = (out / "cpu-table.md").read_text()
+    assert "| linear classifier (source-only baseline) |" in markdown and "| night_rainy |" in markdown
+    assert markdown.splitlines()[6] in done.stdout  # the table is printed as written
+    assert (out / "cpu-table.png").read_bytes().startswith(b"\x89PNG")
+
+    # Every cell is kept: a second run trains nothing and gives the same table.
+    cell = tmp_path / "work" / "seed0" / "linear" / "result.json"
+    stamp = cell.stat().st_mtime_ns
+    again = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "cpu-table.json").read_text())["summary"] == summary
+    assert cell.stat().st_mtime_ns == stamp
