@@ -223,10 +223,9 @@ def optimize_augs(
         Alignment(prompt, before[0][j], after[0][j], after[1][j])
         for j, prompt in enumerate(text.target_prompts)
     ]
-    domains = domain_shifts(
-        clip.visual, load_spec(data), offsets.detach().cpu(), text.target_prompts, crop_size, seed
-    )
-    _write(run_dir, text, offsets.detach().cpu(), losses, measured, domains, options, identity)
+    learned = offsets.detach().cpu()
+    domains = domain_shifts(clip.visual, load_spec(data), learned, text.target_prompts, crop_size, seed)
+    _write(run_dir, text, learned, losses, measured, domains, options, identity)
     return OptimizeResult(changed=True, losses=losses, alignment=measured, domains=domains)
 
 
@@ -239,7 +238,7 @@ def domain_shifts(
     Crops are taken as for the optimisation, REPORT_CROPS from at most HELD_OUT_IMAGES images
     of each domain's evaluation split (the source's, for the source); V_a runs with CLIP's
     stored BatchNorm statistics, so that each domain's statistics show, as in a test image.
-    A target domain whose images cannot be read is left out.
+    A domain whose images are not on disk is left out (all of them, without the source's).
     """
     if not spec.targets:
         return []
@@ -254,7 +253,11 @@ def domain_shifts(
         crops = SourceCrops(chosen, crop_size, size).sample(REPORT_CROPS, rng)
         return channel_means(_features(visual, crops)), len(chosen)
 
-    source, _ = means(spec.source.name, 0)
+    try:
+        source, _ = means(spec.source.name, 0)
+    except ClipgapError:  # the source's evaluation images are not on disk: nothing to compare with
+        return []
+    named_as = {domain.name: naming_prompt(domain.name) for domain in spec.targets}
     shifts = []
     for k, domain in enumerate(spec.targets, start=1):
         try:
@@ -262,7 +265,7 @@ def domain_shifts(
         except ClipgapError:  # a target domain whose images are not on disk: nothing to measure
             continue
         each = feature_shifts(source, target, offsets, prompts)
-        named = next((s for s in each if s.prompt == naming_prompt(domain.name)), None)
+        named = next((s for s in each if s.prompt == named_as[domain.name]), None)
         best = max(each, key=lambda s: s.closed)
         shifts.append(DomainShift(domain.name, images, named, best, each))
     return shifts
