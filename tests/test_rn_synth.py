@@ -21,8 +21,14 @@ from clipgap_cli.clip.prompts import (
     tokenize,
 )
 from clipgap_cli.clip.zero_shot import zero_shot_report
-from clipgap_cli.data.synth import CLASSES, DOMAINS
-from clipgap_cli.data.synth.corpus import condition_captions, condition_prompt, objects_phrase, render_corpus
+from clipgap_cli.data.synth import CLASSES, DOMAINS, SEVERITY
+from clipgap_cli.data.synth.corpus import (
+    condition_captions,
+    condition_prompt,
+    objects_phrase,
+    render_corpus,
+    tight_crop,
+)
 from clipgap_cli.data.synth.looks import CONDITION_LOOKS, CONDITIONS, DOMAIN_CONDITIONS, LOOKS, apply_look
 from clipgap_cli.data.synth.scene import Deck, plan_scene, rng_for
 from clipgap_cli.data.synth.shapes import render_scene
@@ -77,26 +83,39 @@ def test_captions_use_the_prompts_wording():
     wordings = {condition_prompt(c) for c in CONDITIONS}
     assert set(read_prompts(DEFAULT_PROMPTS_FILE)) <= wordings and len(wordings) == 18
     assert "a street on a rainy night" in condition_captions(("night", "rain"))
+    assert condition_captions(("night", "rain"), 0.3)[-1] == "a road in light rain at night"
+    assert condition_captions(("day", "fog"), 0.9)[-1] == "a road in thick fog during the day"
+    assert len(condition_captions(("night", "rain"), 0.6)) == 5  # neither mild nor strong
+    assert len(condition_captions(("night", "clear"), 0.3)) == 5  # a clear sky has no strength
     car, person, bus = (CLASSES.index(n) for n in ("car", "person", "bus"))
     assert objects_phrase([car, person, person, bus]) == "a car, two persons and a bus"
 
 
 def test_the_corpus_is_balanced_captioned_and_deterministic():
     kwargs = dict(seed=3, scenes=9, looks_per_scene=2, render_size=96, image_size=64, crops_per_image=1)
-    samples = render_corpus(**kwargs)
+    samples = render_corpus(**kwargs, min_severity=0.25)
     scenes = [s for s in samples if s.label is None]
     assert len(scenes) == 18 and sorted(s.condition for s in scenes) == list(range(18))
     crops = [s for s in samples if s.label is not None]
     assert crops and all(f"a photo of a {CLASSES[s.label]}" in s.captions for s in crops)
+    # Milder showings say so in a caption of their own ("a road in light rain at night").
+    assert any(any(" light " in c for c in s.captions) for s in scenes)
     for s in scenes:
         assert condition_prompt(CONDITIONS[s.condition]) in s.captions
         assert any(", with " in c for c in s.captions)
     assert all(s.pixels.shape == (64, 64, 3) and s.pixels.dtype == np.uint8 for s in samples)
-    again = render_corpus(**kwargs)
+    again = render_corpus(**kwargs, min_severity=0.25)
     assert all(
         np.array_equal(a.pixels, b.pixels) and a.captions == b.captions
         for a, b in zip(samples, again, strict=True)
     )
+
+
+def test_a_tight_crop_is_the_box_alone_stretched_to_a_square():
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[10:40, 20:28] = (200, 100, 50)  # a tall, thin object
+    crop = tight_crop(pixels, (20, 10, 28, 40), 32)
+    assert crop.shape == (32, 32, 3) and (crop == (200, 100, 50)).all()
 
 
 # -- pretraining ---------------------------------------------------------------------------------
@@ -169,13 +188,20 @@ def test_rn_synth_class_prompts_are_distinct():
 
 def test_zero_shot_report_on_fresh_renders(tmp_path):
     report = zero_shot_report("RN-synth", scenes=2)
-    assert report["clip"]["pretrained"] == "synth" and report["images"]["conditions"] == 36
-    assert len(report["direction_agreement"]) == 15
-    assert 0 <= report["class_accuracy"] <= 1
+    assert report["clip"]["pretrained"] == "synth" and set(report["severities"]) == {"1", f"{SEVERITY:g}"}
+    full, default = report["severities"]["1"], report["severities"][f"{SEVERITY:g}"]
+    assert full["images"] == default["images"] and full["images"]["conditions"] == 36
+    assert len(full["direction_agreement"]) == 15
+    assert 0 <= full["class_accuracy"] <= 1 and 0 <= default["tight_class_accuracy"] <= 1
+    assert full["images"]["tight_crops"] > 0
+    # The clear day is the same at any severity; the other conditions are not.
+    clear = "an image taken during the day"
+    assert full["condition_accuracy_by_condition"][clear] == default["condition_accuracy_by_condition"][clear]
     result = CliRunner().invoke(app, ["clip", "zero-shot", "--scenes", "1", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "rn-synth-zero-shot.json").read_text())["scenes"] == 1
-    assert "accuracy over the 18 conditions" in (tmp_path / "rn-synth-zero-shot.md").read_text()
+    markdown = (tmp_path / "rn-synth-zero-shot.md").read_text()
+    assert "accuracy over the 18 conditions" in markdown and f"severity {SEVERITY:g}" in markdown
 
 
 def test_zero_shot_of_an_unknown_weights_file_is_one_line(tmp_path):

@@ -44,9 +44,20 @@ def pretrain_command(
     looks_per_scene: Annotated[
         int, typer.Option(help="Conditions each scene is rendered under.", callback=options.count)
     ] = _DEFAULTS.looks_per_scene,
+    min_severity: Annotated[
+        float,
+        typer.Option(
+            help="Each showing of a condition is drawn at a strength from this to 1 (0: the clear day, "
+            "1: the full condition).",
+            callback=options.probability,
+        ),
+    ] = _DEFAULTS.min_severity,
     crops_per_image: Annotated[
         int,
-        typer.Option(help="Single-object crops taken from each rendered image.", callback=options.integer(0)),
+        typer.Option(
+            help="Single-object crops taken from each rendered image, with context and tight in turn.",
+            callback=options.integer(0),
+        ),
     ] = _DEFAULTS.crops_per_image,
     steps: Annotated[int, typer.Option(help="Optimiser steps.", callback=options.count)] = _DEFAULTS.steps,
     batch_size: Annotated[
@@ -68,6 +79,7 @@ def pretrain_command(
         seed=seed,
         scenes=scenes,
         looks_per_scene=looks_per_scene,
+        min_severity=min_severity,
         crops_per_image=crops_per_image,
         steps=steps,
         batch_size=batch_size,

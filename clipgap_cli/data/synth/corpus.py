@@ -1,11 +1,15 @@
 """RN-synth's pretraining corpus: renders of every condition, captioned as a person would.
 
 Each planned scene is rendered once and shown under several conditions of the grid, so that
-content and condition vary independently. A whole scene is captioned with its condition, in
-the prompts' own wording ("an image taken on a rain night"; "an image taken during the day"
-for a clear day) or a paraphrase ("a street on a rainy night"), half the time with the
-objects present ("..., with a car and two persons"). A single object's crop is captioned
-"a photo of a car", sometimes with the condition ("a photo of a car at night").
+content and condition vary independently, and each showing draws its condition's strength
+(`looks.at_severity`) from [min_severity, 1], as real photos show drizzle as well as storms.
+A whole scene is captioned with its condition, in the prompts' own wording ("an image taken
+on a rain night"; "an image taken during the day" for a clear day) or a paraphrase ("a street
+on a rainy night"; "a road in light rain at night" for a mild one), half the time with the
+objects present ("..., with a car and two persons"). Object crops alternate between a square
+with context around the box and the tight box itself, stretched to a square as a detector's
+RoI is, down to small objects; each is captioned "a photo of a car", sometimes with the
+condition ("a photo of a car at night").
 
 Its random streams are keyed (CORPUS_STREAM, seed, ...) and the zero-shot report's fresh
 renders (REPORT_STREAM, seed, ...): five-integer keys, disjoint from the benchmark's
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from clipgap_cli.data.synth.looks import CONDITION_LOOKS, CONDITIONS, Condition, apply_look
+from clipgap_cli.data.synth.looks import CONDITION_LOOKS, CONDITIONS, Condition, apply_look, at_severity
 from clipgap_cli.data.synth.scene import CLASSES, Deck, plan_scene, rng_for
 from clipgap_cli.data.synth.shapes import render_scene
 
@@ -34,7 +38,14 @@ _IN_WEATHER = {"clear": "under a clear sky", "cloudy": "under a cloudy sky", "ra
 _IN_WEATHER |= {"snow": "in the snow", "fog": "in the fog", "stormy": "in a storm"}
 _PLURAL = {"bus": "buses", "person": "persons"}
 _NUMBER = ("no", "a", "two", "three", "four", "five", "six", "seven")
-MIN_CROP = 10  # pixels: smaller objects give no crop
+# The words people use for a mild and for a strong condition, and the severities they take.
+_MILD, _STRONG = 0.5, 0.85
+_IN_WEATHER_MILD = {"cloudy": "under a few clouds", "rain": "in light rain", "snow": "in light snow"}
+_IN_WEATHER_MILD |= {"fog": "in light fog", "stormy": "in a mild storm"}
+_IN_WEATHER_STRONG = {"cloudy": "under a heavy overcast", "rain": "in heavy rain", "snow": "in heavy snow"}
+_IN_WEATHER_STRONG |= {"fog": "in thick fog", "stormy": "in a violent storm"}
+MIN_CROP = 10  # pixels: smaller objects give no crop with context
+MIN_TIGHT = 6  # pixels: smaller objects give no tight crop
 
 
 def condition_prompt(condition: Condition) -> str:
@@ -46,17 +57,22 @@ def condition_prompt(condition: Condition) -> str:
     return f"an image taken on a {weather} {time}"
 
 
-def condition_captions(condition: Condition) -> list[str]:
-    """The prompt's wording and four paraphrases of a condition."""
+def condition_captions(condition: Condition, severity: float = 1.0) -> list[str]:
+    """The prompt's wording and four paraphrases of a condition, plus one that says how strong
+    its weather is ("a road in light rain at night") when `severity` makes it mild or strong."""
     time, weather = condition
     adjective, in_weather, at_time = _ADJECTIVE[weather], _IN_WEATHER[weather], _AT_TIME[time]
-    return [
+    captions = [
         condition_prompt(condition),
         f"a street on a {adjective} {time}",
         f"a road {in_weather} {at_time}",
         f"a {adjective} {time} in the city",
         f"a photo of traffic {at_time} {in_weather}",
     ]
+    if weather != "clear" and (severity < _MILD or severity >= _STRONG):
+        strength = _IN_WEATHER_MILD if severity < _MILD else _IN_WEATHER_STRONG
+        captions.append(f"a road {strength[weather]} {at_time}")
+    return captions
 
 
 def objects_phrase(labels: list[int]) -> str:
@@ -97,36 +113,50 @@ def render_corpus(
     render_size: int,
     image_size: int,
     crops_per_image: int,
+    min_severity: float = 1.0,
     stream: int = CORPUS_STREAM,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Sample]:
     """Render `scenes` scenes at `render_size` px, each under `looks_per_scene` conditions dealt
-    from shuffled decks of the 18 (so the corpus is balanced), as whole scenes resized to
-    `image_size` px plus up to `crops_per_image` object crops each."""
+    from shuffled decks of the 18 (so the corpus is balanced) at severities drawn uniformly
+    from [`min_severity`, 1], as whole scenes resized to `image_size` px plus up to
+    `crops_per_image` object crops each: with context and tight, in turn."""
     deck, conditions = Deck(rng_for(stream, seed, 0)), _ConditionDeck(rng_for(stream, seed, 1))
     samples: list[Sample] = []
     for s in range(scenes):
         rendered = render_scene(plan_scene(render_size, deck, (stream, seed, 2, s)))
+        labels = [label for label, _ in rendered.boxes]
         for k in range(looks_per_scene):
             c = conditions.next()
+            severity = float(rng_for(stream, seed, 4, s, k).uniform(min_severity, 1.0))
             rng = rng_for(stream, seed, 3, s, k)
-            pixels = apply_look(CONDITION_LOOKS[CONDITIONS[c]], rendered, rng)
-            labels = [label for label, _ in rendered.boxes]
-            with_objects = [
-                f"{caption}, with {objects_phrase(labels)}" for caption in condition_captions(CONDITIONS[c])
-            ]
-            captions = tuple(condition_captions(CONDITIONS[c]) + with_objects)
+            pixels = apply_look(at_severity(CONDITION_LOOKS[CONDITIONS[c]], severity), rendered, rng)
+            said = condition_captions(CONDITIONS[c], severity)
+            captions = tuple(said + [f"{caption}, with {objects_phrase(labels)}" for caption in said])
             samples.append(Sample(resize(pixels, image_size), c, captions, None))
-            boxes = [b for b in rendered.boxes if min(b[1][2] - b[1][0], b[1][3] - b[1][1]) >= MIN_CROP]
-            for i in rng.permutation(len(boxes))[:crops_per_image]:
+            boxes = [b for b in rendered.boxes if _side(b[1]) >= MIN_TIGHT]
+            for n, i in enumerate(rng.permutation(len(boxes))[:crops_per_image]):
                 label, box = boxes[int(i)]
-                crop = _square_crop(pixels, box, rng)
-                samples.append(
-                    Sample(resize(crop, image_size), c, tuple(crop_captions(label, CONDITIONS[c])), label)
-                )
+                if n % 2 == 0 and _side(box) >= MIN_CROP:
+                    crop = resize(_square_crop(pixels, box, rng), image_size)
+                else:
+                    crop = tight_crop(pixels, box, image_size)
+                samples.append(Sample(crop, c, tuple(crop_captions(label, CONDITIONS[c])), label))
         if progress:
             progress(s + 1, scenes)
     return samples
+
+
+def tight_crop(pixels: np.ndarray, box: tuple[int, int, int, int], image_size: int) -> np.ndarray:
+    """The ground-truth box itself stretched to (`image_size`, `image_size`, 3), as RoIAlign
+    stretches a proposal to its fixed output."""
+    x0, y0, x1, y1 = box
+    region = Image.fromarray(np.ascontiguousarray(pixels[y0:y1, x0:x1]))
+    return np.asarray(region.resize((image_size, image_size), Image.Resampling.BILINEAR))
+
+
+def _side(box: tuple[int, int, int, int]) -> int:
+    return min(box[2] - box[0], box[3] - box[1])
 
 
 def object_crop(pixels: np.ndarray, box: tuple[int, int, int, int], image_size: int) -> np.ndarray:
