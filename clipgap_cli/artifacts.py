@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.rundir import OFFSETS, PRODUCERS, TEXT_EMBEDDINGS, TRAINED_CONFIG, WORK_DIR, Run, sha256_of
+from clipgap_cli.io import sha256_of
+from clipgap_cli.rundir import OFFSETS, PRODUCERS, TEXT_EMBEDDINGS, TRAINED_CONFIG, WORK_DIR, Run
 
 TEXT_EMBEDDINGS_FORMAT = 1
 OFFSETS_FORMAT = 1

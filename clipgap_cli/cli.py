@@ -23,6 +23,7 @@ from clipgap_cli.data.classes import parse_classes
 from clipgap_cli.data.cli import data_app
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.evaluation.report import compare_table, domain_table
+from clipgap_cli.io import no_space_cause
 from clipgap_cli.rundir import Run, describe_clip
 from clipgap_cli.stages.encode_prompts import encode_prompts, parse_class_names
 from clipgap_cli.stages.evaluate import ALL, evaluate, stored_evaluation
@@ -63,8 +64,9 @@ CheckpointOption = Annotated[
 
 
 class _Commands(TyperGroup):
-    """Turns a ClipgapError raised by any command into one line on stderr and exit code 1,
-    and an interruption (Ctrl-C, SIGTERM) into one line and exit code 130."""
+    """Turns a ClipgapError raised by any command, or a write that found the disk full, into one
+    line on stderr and exit code 1, and an interruption (Ctrl-C, SIGTERM) into one line and exit
+    code 130."""
 
     def invoke(self, ctx):
         if threading.current_thread() is threading.main_thread():
@@ -73,6 +75,12 @@ class _Commands(TyperGroup):
             return super().invoke(ctx)
         except ClipgapError as err:
             typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+        except Exception as err:
+            if (full := no_space_cause(err)) is None:
+                raise
+            where = f": cannot write {full.filename}" if full.filename else ""
+            typer.echo(f"error: no space left on device{where}; free some space and run it again", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("error: interrupted; the run directory keeps the artifacts it had before", err=True)
@@ -440,7 +448,9 @@ def train_command(
             "--detector",
             help="clipgap (CLIP the Gap's C4 Faster R-CNN) or gridclip (GridCLIP's one-stage FCOS): "
             f"picks that detector's default config, the paper's ({', '.join(DETECTORS.values())}), or "
-            f"for a run on RN-tiny or RN-synth its CPU config ({', '.join(CPU_DETECTORS.values())}).",
+            "for a run on one of clipgap's CPU CLIPs that CLIP's CPU config ("
+            + "; ".join(f"{clip}: {', '.join(configs.values())}" for clip, configs in CPU_DETECTORS.items())
+            + ").",
         ),
     ] = "clipgap",
     config: Annotated[

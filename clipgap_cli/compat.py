@@ -19,12 +19,16 @@ import mmengine.hub.hub
 import mmengine.utils
 import mmengine.utils.package_utils
 import torch
+from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend, register_backend
+from mmengine.hooks import CheckpointHook
+from mmengine.registry import HOOKS
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from clipgap_cli.rundir import atomic_write
+from clipgap_cli.io import atomic_write
 
 ATOMIC_BACKEND = "clipgap_atomic_local"  # `backend_args=dict(backend=ATOMIC_BACKEND)`
+LAST_CHECKPOINT = "last_checkpoint"  # in mmengine's work directory: the path of the newest checkpoint
 
 
 # torch >= 2.6 loads with weights_only=True unless told otherwise, and mmengine 0.10.7's
@@ -119,3 +123,74 @@ class AtomicLocalBackend(LocalBackend):
 
 
 register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
+
+
+# mmengine 0.10.7's CheckpointHook, with `max_keep_ckpts`, removes the oldest kept checkpoint
+# *before* it saves the next one, removes the previous best checkpoint before it saves the new
+# best, and writes `last_checkpoint` with a plain open(): a training killed during a save with
+# `max_keep_ckpts=1` is left with no whole checkpoint, and one killed while it writes
+# `last_checkpoint` with a truncated path. This hook saves first, then points
+# `last_checkpoint` at the new checkpoint (atomically), then removes what the new one
+# replaces. `train` puts it in place of every stock CheckpointHook.
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """mmengine's CheckpointHook that never removes a checkpoint before its successor is whole."""
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        # CheckpointHook._save_checkpoint_with_step, with the removal moved to the end.
+        replaced = None
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                replaced = self.keep_ckpt_ids.popleft()
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info("keep_ckpt_ids", list(self.keep_ckpt_ids))
+        filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info("last_ckpt", self.last_ckpt)
+        runner.save_checkpoint(
+            self.out_dir,
+            filename,
+            self.file_client_args,
+            save_optimizer=self.save_optimizer,
+            save_param_scheduler=self.save_param_scheduler,
+            meta=meta,
+            by_epoch=self.by_epoch,
+            backend_args=self.backend_args,
+            **self.args,
+        )
+        if not is_main_process():
+            return
+        atomic_write(Path(runner.work_dir) / LAST_CHECKPOINT, lambda tmp: tmp.write_text(self.last_ckpt))
+        if replaced is not None:
+            self._remove(self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(replaced)))
+
+    def _save_best_checkpoint(self, runner, metrics):
+        # mmengine's, with the previous best checkpoints hidden from it (it would remove them
+        # first) and removed here once their successors are saved.
+        if not self.save_best:
+            return
+        single = len(self.key_indicators) == 1
+        previous = {None: self.best_ckpt_path} if single else dict(self.best_ckpt_path_dict)
+        if single:
+            self.best_ckpt_path = None
+        else:
+            self.best_ckpt_path_dict = dict.fromkeys(previous)
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            current = {None: self.best_ckpt_path} if single else self.best_ckpt_path_dict
+            replaced = [old for key, old in previous.items() if old and current[key] not in (None, old)]
+            kept = {key: current[key] or old for key, old in previous.items()}
+            if single:
+                self.best_ckpt_path = kept[None]
+            else:
+                self.best_ckpt_path_dict = kept
+        if is_main_process():
+            for path in replaced:
+                self._remove(path)
+
+    def _remove(self, path: str) -> None:
+        if self.file_backend.isfile(path):
+            self.file_backend.remove(path)
+        elif self.file_backend.isdir(path):  # deepspeed saves a checkpoint as a directory
+            self.file_backend.rmtree(path)

@@ -14,24 +14,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import json
 import os
 import socket
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from clipgap_cli.errors import ClipgapError
+from clipgap_cli.io import atomic_write, is_no_space, no_space, sha256_of
 from clipgap_cli.versions import stack_versions
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 RUN_LOCK = ".run.lock"  # held by the one stage writing the run; it names that stage
-TEMPORARY = ".tmp"  # in the name of atomic_write's temporary files: `.{name}.{random}.tmp{suffix}`
 
 # The layout (docs/run-directory.md): each artifact's place in the run directory, relative to
 # its root, and the stage that makes it.
@@ -74,14 +72,6 @@ class Artifact:
         return entry
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def describe_clip(clip: ClipIdentity | None) -> str:
     """`RN101 (openai)`, `RN-synth (synth, sha256 3f2a…)`, `RN50 (file sha256 3f2a…)` or
     `unknown CLIP model`."""
@@ -93,41 +83,6 @@ def describe_clip(clip: ClipIdentity | None) -> str:
         kind = tag if tag and not Path(str(tag)).suffix else "file"  # shipped weights keep their tag
         weights = f"{kind} sha256 {clip['sha256'][:12]}"
     return f"{clip.get('model')} ({weights})"
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Make `path` by `write(tmp)` on a temporary sibling, fsync it and rename it into place.
-
-    If `write` fails or the process dies, `path` keeps its previous content: a reader
-    sees either the old file or the whole new one. The temporary file keeps the suffix of
-    `path`, for writers that infer the format from it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f"{TEMPORARY}{path.suffix}", dir=path.parent
-    )
-    # mkstemp makes the file private (0600); give it the mode a plain open() would.
-    os.fchmod(fd, 0o666 & ~_umask())
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class Run:
@@ -254,17 +209,18 @@ class Run:
     # -- writes -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def writing(self, stage: str) -> Iterator[None]:
+    def writing(self, stage: str) -> Iterator[IO[bytes]]:
         """Hold the run's lock while `stage` writes it; refuse in one sentence if another
-        stage holds it.
+        stage holds it. Yields the open lock file.
 
         The lock is an `flock` on `.run.lock`, which the kernel releases when the holding
         process ends, however it ends: a killed stage leaves no lock behind, and the next
-        stage takes it over. The file also records who holds it, for the refusal. Reading
-        a run takes no lock.
+        stage takes it over. Processes the stage starts that inherit the open lock file hold
+        the lock with it, until the last of them ends. The file also records who holds it, for
+        the refusal. Reading a run takes no lock.
         """
         path = self.root / RUN_LOCK
-        with open(path, "a+", encoding="utf-8") as lock:
+        with open(path, "a+b", buffering=0) as lock:  # unbuffered: a failed write leaves nothing pending
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -278,10 +234,12 @@ class Run:
                     "host": socket.gethostname(),
                     "since": datetime.now().astimezone().isoformat(timespec="seconds"),
                 }
-                lock.truncate(0)
-                lock.write(json.dumps(holder) + "\n")
-                lock.flush()
-                yield
+                try:
+                    lock.truncate(0)
+                    lock.write(json.dumps(holder).encode() + b"\n")
+                except OSError as err:
+                    raise no_space(path) if is_no_space(err) else err from None
+                yield lock
             finally:
                 lock.truncate(0)
                 fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,5 +1,5 @@
 """The stack fixes of clipgap_cli.compat: mmengine resume on current torch, mmdet:: configs
-without pkg_resources, checkpoints that a kill cannot truncate."""
+without pkg_resources, checkpoints that a kill cannot truncate or leave without a successor."""
 
 import pickle
 import signal
@@ -16,7 +16,7 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import clipgap_cli  # noqa: F401  (applies the fixes)
-from clipgap_cli.compat import ATOMIC_BACKEND
+from clipgap_cli.compat import ATOMIC_BACKEND, LAST_CHECKPOINT, AtomicCheckpointHook
 
 
 class Line(BaseModel):
@@ -66,7 +66,7 @@ class RecordState(Hook):
         }
 
 
-def make_runner(work_dir, max_epochs, resume, **checkpoint):
+def make_runner(work_dir, max_epochs, resume, hook="CheckpointHook", **checkpoint):
     recorder = RecordState()
     runner = Runner(
         model=Line(),
@@ -80,7 +80,7 @@ def make_runner(work_dir, max_epochs, resume, **checkpoint):
         optim_wrapper=dict(optimizer=dict(type="Adam", lr=0.01)),
         param_scheduler=dict(type="MultiStepLR", milestones=[1], gamma=0.5, by_epoch=True),
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
-        default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=1, **checkpoint)),
+        default_hooks=dict(checkpoint=dict(type=hook, interval=1, **checkpoint)),
         custom_hooks=[recorder],
         resume=resume,
         randomness=dict(seed=0),
@@ -161,8 +161,9 @@ def test_voc_evaluation_does_not_fork():
     assert [r["num_gts"] for r in results] == [6, 3]
 
 
-def test_a_kill_during_a_checkpoint_save_leaves_the_previous_checkpoints(tmp_path):
-    # The training process is SIGKILLed while it writes epoch_3.pth, half of it on disk.
+def kill_during_save(work_dir, hook, save="epoch_3.pth"):
+    """Train with `hook` (max_keep_ckpts=1, the atomic backend) in a process that is SIGKILLed
+    while it writes `save` through the backend, half of it on disk."""
     trainer = textwrap.dedent(f"""
         import pathlib, sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -171,37 +172,67 @@ def test_a_kill_during_a_checkpoint_save_leaves_the_previous_checkpoints(tmp_pat
         write_bytes = pathlib.Path.write_bytes
 
         def slow_write(self, data):
-            if self.name.startswith(".epoch_3.pth."):
+            if self.name.startswith(".{save}."):
                 write_bytes(self, data[: len(data) // 2])
                 print("saving", self.name, flush=True)
                 time.sleep(600)
             return write_bytes(self, data)
 
         pathlib.Path.write_bytes = slow_write
-        runner, _ = make_runner({str(tmp_path)!r}, max_epochs=4, resume=False,
-                                max_keep_ckpts=2, backend_args=dict(backend=ATOMIC_BACKEND))
+        runner, _ = make_runner({str(work_dir)!r}, max_epochs=4, resume=False, hook={hook!r},
+                                max_keep_ckpts=1, backend_args=dict(backend=ATOMIC_BACKEND))
         runner.train()
     """)
     proc = subprocess.Popen([sys.executable, "-c", trainer], stdout=subprocess.PIPE, text=True)
     for line in proc.stdout:  # mmengine's log, then ours
         if line.startswith("saving "):
             break
-    assert line.startswith("saving .epoch_3.pth."), "the save was not written through the backend"
+    assert line.startswith(f"saving .{save}."), "the save was not written through the backend"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
+    assert len(list(work_dir.glob(f".{save}.*"))) == 1  # the kill landed inside the write
 
-    # mmengine removes the oldest kept checkpoint (max_keep_ckpts) before it saves the next.
+
+def test_mmengines_checkpoint_hook_removes_the_last_checkpoint_before_it_saves_the_next(tmp_path):
+    # The failure AtomicCheckpointHook exists for: killed during the save of epoch_3.pth with
+    # max_keep_ckpts=1, mmengine's hook has already removed epoch_2.pth, and last_checkpoint names it.
+    kill_during_save(tmp_path, "CheckpointHook")
+    assert not list(tmp_path.glob("epoch_*.pth"))
+    assert (tmp_path / LAST_CHECKPOINT).read_text() == str(tmp_path / "epoch_2.pth")
+
+
+def test_a_kill_during_a_checkpoint_save_leaves_the_last_checkpoint_and_resumes(tmp_path):
+    kill_during_save(tmp_path, AtomicCheckpointHook.__name__)
     assert sorted(p.name for p in tmp_path.glob("epoch_*.pth")) == ["epoch_2.pth"]
-    assert len(list(tmp_path.glob(".epoch_3.pth.*"))) == 1  # the kill landed inside the write
-    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "epoch_2.pth")
+    assert (tmp_path / LAST_CHECKPOINT).read_text() == str(tmp_path / "epoch_2.pth")
     saved = torch.load(tmp_path / "epoch_2.pth", map_location="cpu", weights_only=False)
     assert saved["meta"]["epoch"] == 2
 
-    resumed, seen = make_runner(tmp_path, max_epochs=4, resume=True, max_keep_ckpts=2,
-                                backend_args=dict(backend=ATOMIC_BACKEND))  # fmt: skip
+    resumed, seen = make_runner(tmp_path, max_epochs=4, resume=True, hook=AtomicCheckpointHook.__name__,
+                                max_keep_ckpts=1, backend_args=dict(backend=ATOMIC_BACKEND))  # fmt: skip
     resumed.train()
     assert (seen.seen["start"]["epoch"], seen.seen["end"]["epoch"]) == (2, 4)
-    assert sorted(p.name for p in tmp_path.glob("epoch_*.pth")) == ["epoch_3.pth", "epoch_4.pth"]
-    assert (tmp_path / "last_checkpoint").read_text() == str(tmp_path / "epoch_4.pth")
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pth")) == ["epoch_4.pth"]
+    assert (tmp_path / LAST_CHECKPOINT).read_text() == str(tmp_path / "epoch_4.pth")
     assert torch.load(tmp_path / "epoch_4.pth", map_location="cpu", weights_only=False)["meta"]["epoch"] == 4
+
+
+def test_the_previous_best_checkpoint_is_removed_after_the_new_one_is_saved(tmp_path):
+    present_at_saves = []
+
+    class Watch(Hook):
+        def before_save_checkpoint(self, runner, checkpoint):
+            present_at_saves.append(sorted(p.name for p in tmp_path.glob("best_*.pth")))
+
+    runner, _ = make_runner(tmp_path, max_epochs=1, resume=False, hook=AtomicCheckpointHook.__name__,
+                            save_best="score", rule="greater")  # fmt: skip
+    runner.register_hook(Watch())
+    (hook,) = [h for h in runner.hooks if isinstance(h, AtomicCheckpointHook)]
+    hook.before_train(runner)
+    for epoch, score in enumerate([0.5, 0.7]):
+        runner.train_loop._epoch = epoch
+        hook._save_best_checkpoint(runner, {"score": score})
+    # mmengine's hook removes best_score_epoch_0.pth before it saves best_score_epoch_1.pth.
+    assert present_at_saves == [[], ["best_score_epoch_0.pth"]]
+    assert sorted(p.name for p in tmp_path.glob("best_*.pth")) == ["best_score_epoch_1.pth"]

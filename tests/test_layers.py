@@ -76,3 +76,24 @@ def test_importing_the_models_as_a_bundle_does_no_stage_module():
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+# The bottom layer: what the run directory and the stack fixes are built on.
+BOTTOM = ("io.py", "compat.py", "errors.py", "versions.py")
+
+
+def test_the_bottom_layer_imports_nothing_above_it():
+    above = [
+        f"clipgap_cli.{path.stem}"
+        for path in PACKAGE.iterdir()
+        if (path.is_dir() and (path / "__init__.py").is_file())
+        or (path.suffix == ".py" and path.name not in BOTTOM)
+    ]
+    assert "clipgap_cli.rundir" in above and "clipgap_cli.stages" in above
+    upward = {
+        f"{name} imports {module}"
+        for name in BOTTOM
+        for module in imported_modules(PACKAGE / name)
+        if any(module == a or module.startswith(f"{a}.") for a in above)
+    }
+    assert not upward, sorted(upward)

@@ -1,6 +1,8 @@
 """clipgap train: the tiny detector on the synthetic benchmark, on CPU, in one and two
 processes, interrupted and resumed, and refused on bad input."""
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -8,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,12 +18,13 @@ from helpers import assert_one_line_error, logged_losses
 from typer.testing import CliRunner
 
 from clipgap_cli.cli import app
-from clipgap_cli.compat import ATOMIC_BACKEND
+from clipgap_cli.clip import CPU_MODELS
+from clipgap_cli.compat import ATOMIC_BACKEND, AtomicCheckpointHook
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.rundir import OFFSETS, WORK_DIR, Run
+from clipgap_cli.rundir import OFFSETS, RUN_LOCK, WORK_DIR, Run
 from clipgap_cli.stages.encode_prompts import encode_prompts
 from clipgap_cli.stages.optimize_augs import optimize_augs
-from clipgap_cli.stages.train import CONFIGS, DETECTORS, choose_config, compose_config
+from clipgap_cli.stages.train import CONFIGS, CPU_DETECTORS, DETECTORS, choose_config, compose_config
 
 TINY = "tiny/faster-rcnn_clip-tiny_c4_synth.py"
 NO_AUG = CONFIGS / "clipgap" / "faster-rcnn_clip-rn101_c4_dwd_no-aug.py"
@@ -105,19 +109,25 @@ def test_a_cfg_option_without_equals_is_refused(prepared_run, synth_data):
     assert not Run.open(prepared_run).path(WORK_DIR).exists()
 
 
-def test_a_run_on_a_small_cpu_clip_trains_the_detectors_cpu_config_by_default(prepared_run, synth_data):
+def test_a_run_on_a_small_cpu_clip_trains_its_cpu_config_by_default(prepared_run, synth_data, tmp_path):
     args = ["train", "--run", str(prepared_run), "--data", str(synth_data), "--device", "cpu"]
     result = CliRunner().invoke(app, [*args, "--max-iters", "1"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
+    synth_config = "tiny/faster-rcnn_clip-synth_c4_aug.py"
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("training with")]
     assert line == (
-        f"training with {TINY} (--detector clipgap's CPU config, as the run's CLIP RN-synth is a small "
-        "CPU model; --config picks another)"
+        f"training with {synth_config} (--detector clipgap's CPU config, as the run's CLIP RN-synth is a "
+        "small CPU model; --config picks another)"
     )
     options = Run.open(prepared_run).verified(f"{WORK_DIR}/iter_1.pth").options
-    assert options["config"] == str(CONFIGS / TINY)
+    assert options["config"] == str(CONFIGS / synth_config)
     path, why = choose_config(prepared_run, "gridclip", None)
-    assert path == CONFIGS / "tiny/gridclip_clip-tiny_fpn_synth.py" and "RN-synth is a small CPU model" in why
+    assert path == CONFIGS / "tiny/gridclip_clip-synth_fpn.py" and "RN-synth is a small CPU model" in why
+    tiny_run = tmp_path / "tiny"
+    encode_prompts(tiny_run, ["an image taken at night"], clip="RN-tiny", pretrained=None)
+    assert choose_config(tiny_run, "clipgap", None)[0] == CONFIGS / TINY
+    assert choose_config(tiny_run, "gridclip", None)[0] == CONFIGS / "tiny/gridclip_clip-tiny_fpn_synth.py"
+    assert set(CPU_DETECTORS) == set(CPU_MODELS)
     assert choose_config(prepared_run, "clipgap", str(NO_AUG)) == (
         NO_AUG,
         f"training with {NO_AUG} (--config)",
@@ -150,6 +160,78 @@ def test_two_cpu_processes_train_with_gloo(prepared_run, synth_data):
     (log,) = run.path(WORK_DIR).glob("*/*.log")
     text = log.read_text()
     assert "Distributed training: True" in text and "GPU number: 2" in text, text[:3000]
+
+
+def processes_below(pid):
+    """The processes descended from `pid`, from /proc's parent links: {pid: command line}."""
+    parents, commands = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+            commands[int(stat.parent.name)] = (
+                (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            )
+    below, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in below:
+                below[child] = commands[child]
+                frontier.append(child)
+    return below
+
+
+def alive(pid):
+    """Whether `pid` is a process that has not ended (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def lock_is_free(run):
+    with open(run / RUN_LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_the_training_processes_end_with_the_launcher_and_before_its_lock(prepared_run, synth_data, tmp_path,
+                                                                         signum):  # fmt: skip
+    log = tmp_path / "train.log"
+    with open(log, "w") as out:
+        args = train_args(
+            prepared_run, synth_data, "--gpus", "2", "--max-iters", "1000", "--master-port", "29633"
+        )
+        launcher = clipgap(*args, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while "Checkpoints will be saved to" not in log.read_text():  # both processes are training
+        assert launcher.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    training = processes_below(launcher.pid)
+    assert len(training) == 3, training  # torchrun and its two processes
+    assert not lock_is_free(prepared_run)
+
+    launcher.send_signal(signum)
+    launcher.wait()
+    killed = time.monotonic()
+    try:
+        while any(alive(pid) for pid in training):
+            # Checked in this order, a free lock with a process left is caught: none comes back.
+            free = lock_is_free(prepared_run)
+            left = {pid: command for pid, command in training.items() if alive(pid)}
+            assert not (free and left), f"the run's lock is free while {left} still run"
+            assert time.monotonic() - killed < 10, f"still running 10 s after the launcher ended: {left}"
+            time.sleep(0.05)
+    finally:  # a failure leaves no training behind either
+        for pid in filter(alive, training):
+            os.kill(pid, signal.SIGKILL)
+    assert lock_is_free(prepared_run)
 
 
 def test_killed_training_resumes_at_the_right_iteration(prepared_run, synth_data):
@@ -279,6 +361,7 @@ def test_composed_config_takes_sizes_and_paths_from_the_run(prepared_run, synth_
     assert cfg.val_dataloader.dataset.ann_file.endswith("daytime_clear_test.json")
     assert cfg.work_dir == str(Run.open(prepared_run).path(WORK_DIR).resolve())
     assert cfg.default_hooks.checkpoint.backend_args == dict(backend=ATOMIC_BACKEND)  # whole or none
+    assert cfg.default_hooks.checkpoint.type == AtomicCheckpointHook.__name__  # removals after saves
 
 
 @pytest.mark.parametrize("installed", [True, False])

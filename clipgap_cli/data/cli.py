@@ -16,7 +16,7 @@ from rich.table import Table
 from clipgap_cli import options
 from clipgap_cli.data.convert import CLASS_SETS, ConvertReport, convert_voc
 from clipgap_cli.data.synth import CLASSES, SEVERITY, SIZES, render_preview, synthesize
-from clipgap_cli.rundir import atomic_write
+from clipgap_cli.io import atomic_write
 
 console = Console()
 data_app = typer.Typer(

@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from clipgap_cli.data.classes import check_classes, parse_classes
 from clipgap_cli.data.spec import IMAGE_SUFFIXES, SPEC_NAME, DataSpec, Domain, Split, load_spec, write_spec
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.rundir import atomic_write
+from clipgap_cli.io import atomic_write
 
 DWD_CLASSES = ("bus", "bike", "car", "motor", "person", "rider", "truck")
 DWD_DOMAINS = ("daytime_clear", "night_sunny", "dusk_rainy", "night_rainy", "daytime_foggy")

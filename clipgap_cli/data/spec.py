@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.rundir import atomic_write
+from clipgap_cli.io import atomic_write
 
 SPEC_NAME = "clipgap-data.json"
 # The image files clipgap reads (any case): in VOC trees, and given to `predict`.

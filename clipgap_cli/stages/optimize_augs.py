@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from torch import nn
 
 from clipgap_cli.artifacts import load_text_embeddings, offsets_content
 from clipgap_cli.augmentation.feature_shift import Shift, channel_means, feature_shifts
 from clipgap_cli.augmentation.objective import alignment, augmentation_loss, text_directions
-from clipgap_cli.clip.model import load_run_clip
+from clipgap_cli.clip.model import load_run_clip, normalize_pixels
 from clipgap_cli.clip.split import v_a, visual_dims
 from clipgap_cli.data.spec import DataSpec, Split, load_spec
 from clipgap_cli.data.synth.corpus import condition_prompt
@@ -48,8 +47,6 @@ class SourceCrops:
         self.crop_size = crop_size
         self.image_size = image_size
         self.unreadable: set[Path] = set()
-        mean, std = torch.tensor(OPENAI_DATASET_MEAN), torch.tensor(OPENAI_DATASET_STD)
-        self._mean, self._std = mean.view(3, 1, 1) * 255, std.view(3, 1, 1) * 255
 
     def sample(self, count: int, rng: np.random.Generator) -> torch.Tensor:
         """`count` crops (count, 3, S, S), CLIP-normalised, 15 from each of ceil(count/15) images."""
@@ -60,8 +57,7 @@ class SourceCrops:
                 continue
             for _ in range(min(CROPS_PER_IMAGE, count - len(crops))):
                 crops.append(self._crop(image, rng))
-        pixels = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float()
-        return (pixels - self._mean) / self._std
+        return normalize_pixels(torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float())
 
     def _read(self, path: Path) -> Image.Image | None:
         try:

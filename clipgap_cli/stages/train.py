@@ -11,48 +11,51 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from mmengine.config import Config, DictAction
 
 from clipgap_cli.artifacts import load_text_embeddings, recorded_checkpoints
-from clipgap_cli.clip import CPU_MODELS
 from clipgap_cli.clip.model import load_run_clip
 from clipgap_cli.clip.split import visual_dims
-from clipgap_cli.compat import ATOMIC_BACKEND
+from clipgap_cli.compat import ATOMIC_BACKEND, LAST_CHECKPOINT, AtomicCheckpointHook
 from clipgap_cli.data.spec import load_run_dataset, set_dataset
 from clipgap_cli.errors import ClipgapError
+from clipgap_cli.io import TEMPORARY, atomic_write
 from clipgap_cli.models.detectors import augmentation_of, fill_model
-from clipgap_cli.rundir import (
-    OFFSETS,
-    TEMPORARY,
-    TEXT_EMBEDDINGS,
-    TRAINED_CONFIG,
-    WORK_DIR,
-    Run,
-    atomic_write,
-)
+from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, TRAINED_CONFIG, WORK_DIR, Run
 
 STAGE = "train"
 CONFIGS = Path(__file__).resolve().parents[1] / "mmconfigs"  # clipgap's configs, package data
 # `clipgap train --detector`: each detector's default config, inside mmconfigs/: the paper's,
-# and for a run on one of clipgap's small CPU CLIPs its CPU config.
+# and for a run on one of clipgap's small CPU CLIPs that CLIP's CPU config.
 DETECTORS = {
     "clipgap": "clipgap/faster-rcnn_clip-rn101_c4_dwd.py",
     "gridclip": "gridclip/gridclip_clip-rn101_fpn_dwd.py",
 }
 CPU_DETECTORS = {
-    "clipgap": "tiny/faster-rcnn_clip-tiny_c4_synth.py",
-    "gridclip": "tiny/gridclip_clip-tiny_fpn_synth.py",
+    "RN-tiny": {
+        "clipgap": "tiny/faster-rcnn_clip-tiny_c4_synth.py",
+        "gridclip": "tiny/gridclip_clip-tiny_fpn_synth.py",
+    },
+    "RN-synth": {
+        "clipgap": "tiny/faster-rcnn_clip-synth_c4_aug.py",
+        "gridclip": "tiny/gridclip_clip-synth_fpn.py",
+    },
 }
+STOP_SECONDS = 60  # how long torchrun gets to stop its processes before it is killed
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -98,8 +101,8 @@ def choose_config(run: Path, detector: str, config: str | None) -> tuple[Path, s
     if config is not None:
         return resolve_config(config), f"training with {config} (--config)"
     clip = Run.open(run).verified(TEXT_EMBEDDINGS).clip or {}
-    if clip.get("model") in CPU_MODELS:
-        chosen = CPU_DETECTORS[detector]
+    if clip.get("model") in CPU_DETECTORS:
+        chosen = CPU_DETECTORS[clip["model"]][detector]
         why = f"--detector {detector}'s CPU config, as the run's CLIP {clip['model']} is a small CPU model"
     else:
         chosen = DETECTORS[detector]
@@ -197,6 +200,9 @@ def compose_config(
         cfg.env_cfg.dist_cfg = dict(backend="gloo")
         cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None)
     hook = cfg.get("default_hooks", {}).get("checkpoint")
+    if hook is not None and hook.get("type") == "CheckpointHook":
+        # Old checkpoints removed only once the new one is saved, last_checkpoint written whole.
+        hook.type = AtomicCheckpointHook.__name__
     if hook is not None and not (hook.get("backend_args") or hook.get("file_client_args")):
         # Checkpoints written whole or not at all, even by a training killed mid-save.
         hook.backend_args = dict(backend=ATOMIC_BACKEND)
@@ -241,10 +247,10 @@ def train(
     run = Run.open(run_path)
     _check_devices(launch)
     leads = _leads(launch)
-    with run.writing(STAGE) if leads else contextlib.nullcontext():
+    with run.writing(STAGE) if leads else contextlib.nullcontext() as lock:
         cfg, record = compose_config(run, config, data, launch=launch, resume=resume, **compose)
         work_dir = run.path(WORK_DIR)
-        last_checkpoint = work_dir / "last_checkpoint"
+        last_checkpoint = work_dir / LAST_CHECKPOINT
         has_checkpoint = last_checkpoint.is_file()
         if resume and not has_checkpoint:
             raise ClipgapError(f"nothing to resume in {work_dir}: no checkpoint was saved there yet")
@@ -264,9 +270,13 @@ def train(
             for stale in work_dir.glob(f".*{TEMPORARY}.pth"):
                 stale.unlink()
         config_path = run.path(TRAINED_CONFIG)
+        if leads:
+            # Rewritten now, recorded when the training ends: until then the manifest has no
+            # record the file would fail.
+            run.forget([TRAINED_CONFIG])
         atomic_write(config_path, lambda tmp: tmp.write_text(cfg.pretty_text))
         if cfg.launcher == "pytorch":
-            _torchrun(config_path, launch)
+            _torchrun(config_path, launch, lock)
         else:
             run_runner(config_path, device=launch.device)
         if launch.node_rank != 0 or _rank() != 0:
@@ -309,7 +319,14 @@ def _check_devices(launch: Launch) -> None:
             )
 
 
-def _torchrun(config_path: Path, launch: Launch) -> None:
+def _torchrun(config_path: Path, launch: Launch, lock: IO[bytes] | None) -> None:
+    """Train in `launch.gpus` processes under torchrun, which live and die with this one.
+
+    torchrun inherits the run's lock (`lock`, the open lock file, or None on another node), so
+    the lock is held until it ends, and it ends only after its processes: killed with this
+    process (SIGKILL included: the kernel sends it SIGTERM, on which it stops them), or
+    stopped by it when this process is interrupted.
+    """
     command = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nnodes={launch.nnodes}", f"--node_rank={launch.node_rank}",
@@ -322,12 +339,44 @@ def _torchrun(config_path: Path, launch: Launch) -> None:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     if launch.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    result = subprocess.run(command, env=env)
-    if result.returncode != 0:
+    torchrun = subprocess.Popen(
+        command,
+        env=env,
+        pass_fds=() if lock is None else (lock.fileno(),),
+        # Its own session: an interruption reaches it once, from here, not also from the terminal.
+        start_new_session=True,
+        preexec_fn=_dies_with(os.getpid(), signal.SIGTERM),
+    )
+    try:
+        returncode = torchrun.wait()
+    except BaseException:  # an interruption (Ctrl-C, SIGTERM): stop it, and so its processes, first
+        torchrun.send_signal(signal.SIGTERM)
+        try:
+            torchrun.wait(timeout=STOP_SECONDS)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # stuck, or interrupted again
+            torchrun.kill()  # its processes get SIGKILL too, as their parent ends
+            torchrun.wait()
+        raise
+    if returncode != 0:
         raise ClipgapError(
-            f"training failed in one of its {launch.processes} processes (exit status {result.returncode}); "
+            f"training failed in one of its {launch.processes} processes (exit status {returncode}); "
             f"see the log above and {config_path.parent}"
         )
+
+
+def _dies_with(parent: int, signum: int) -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel send the child `signum` when `parent` ends (Linux's
+    parent-death signal), and ends a child whose parent has already ended; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not after
+
+    def set_parent_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, signum)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return set_parent_death_signal
 
 
 def run_runner(config_path: Path, device: str = "cuda") -> None:
@@ -362,6 +411,9 @@ if __name__ == "__main__":  # one torchrun process
     parser.add_argument("config", type=Path)
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args()
+    # Ended with torchrun, however torchrun ends (it stops its processes itself when it can).
+    if die_with_torchrun := _dies_with(os.getppid(), signal.SIGKILL):
+        die_with_torchrun()
     import clipgap_cli  # noqa: F401  (the stack fixes)
 
     run_runner(args.config, device="cpu" if args.cpu else "cuda")
