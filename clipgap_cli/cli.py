@@ -651,19 +651,44 @@ def evaluate_command(
 @app.command("export")
 def export_command(
     run: Annotated[Path, typer.Option("--run", help="The trained run directory.")],
-    out: Annotated[Path, typer.Option("--out", help="The bundle directory to write (new or empty).")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="The bundle directory to write (new or empty); for onnx, the .onnx file."),
+    ],
     checkpoint: CheckpointOption = "best",
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --out.")] = False,
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="bundle (for MMDetection) or onnx (one ONNX graph for onnxruntime, GridCLIP only, with a "
+            ".json beside it; needs clipgap[onnx]).",
+        ),
+    ] = "bundle",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing bundle or ONNX model at --out.")
+    ] = False,
 ) -> None:
-    """Export a trained detector as a self-contained bundle that plain MMDetection runs.
+    """Export a trained detector as a self-contained bundle that plain MMDetection runs, or as
+    an ONNX model that onnxruntime runs alone.
 
     The bundle holds config.py (the text embeddings and augmentation means written in, no
     run-directory paths), model.pth (weights and class names), bundle.json (classes, CLIP
     model, versions, sha256) and a README; mmdet.apis.DetInferencer(model="config.py",
-    weights="model.pth") loads it wherever clipgap is installed. No ONNX export: see docs/cli.md.
+    weights="model.pth") loads it wherever clipgap is installed. --format onnx writes OUT.onnx
+    (the classes' text embeddings, MMDetection's postprocessing and NMS in the graph) and
+    OUT.json (classes, normalisation, resize rule): see docs/cli.md.
     """
+    if format == "onnx":
+        with console.status("exporting to ONNX (and checking it in onnxruntime)"):
+            info = export(run, out, checkpoint, force=force, format=format)
+        console.print(
+            f"written: {out} and {out.with_suffix('.json').name} ({info['detector']}, "
+            f"{len(info['classes'])} classes: {', '.join(info['classes'])}; "
+            f"from {info['checkpoint']['name']})"
+        )
+        return
     with console.status("exporting (and checking that the bundle loads)"):
-        bundle = export(run, out, checkpoint, force=force)
+        bundle = export(run, out, checkpoint, force=force, format=format)
     info = bundle.info
     console.print(
         f"written: {out}/ ({info['detector']}, {len(bundle.classes)} classes: {', '.join(bundle.classes)}; "
@@ -673,7 +698,13 @@ def export_command(
 
 @app.command("predict")
 def predict_command(
-    model: Annotated[Path, typer.Argument(help="A bundle (clipgap export) or a trained run directory.")],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="A bundle (clipgap export), a trained run directory, or an .onnx model (export --format "
+            "onnx), which runs in onnxruntime."
+        ),
+    ],
     images: Annotated[
         list[Path], typer.Argument(help="Image files, or directories whose image files are all used.")
     ],
@@ -710,7 +741,8 @@ def predict_command(
     """Detect objects on images: writes OUT/<image name> with the boxes drawn and
     OUT/<image stem>.json (label, score, box corners x1, y1, x2, y2 in pixels), and prints a table.
 
-    --checkpoint applies to a run directory; a bundle has one set of weights.
+    --checkpoint applies to a run directory; a bundle has one set of weights. An .onnx model
+    detects its exported classes only (no --classes), and keeps its exported score threshold.
     """
     names = parse_classes(classes) if classes is not None else None
     columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

@@ -42,27 +42,41 @@ from clipgap_cli.artifacts import (
     run_config,
 )
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.models.detectors import self_contained_model
+from clipgap_cli.models.detectors import build_detector, self_contained_model
+from clipgap_cli.models.onnx_model import check_exportable, require, sidecar_path, write_onnx
 from clipgap_cli.rundir import Run, describe_clip, sha256_of
 from clipgap_cli.versions import stack_versions
+
+FORMATS = ("bundle", "onnx")
 
 # Of the composed training config, what inference needs besides the model and the test data.
 _RUNTIME_KEYS = ("default_scope", "custom_imports", "backend_args")
 
 
-def export(run_path: Path, out: Path, checkpoint: str = "best", *, force: bool = False) -> Bundle:
-    """Write the bundle of the run's checkpoint (`best`, `last` or a file) to `out`.
+def export(
+    run_path: Path, out: Path, checkpoint: str = "best", *, force: bool = False, format: str = "bundle"
+) -> Bundle | dict[str, Any]:
+    """Write the bundle of the run's checkpoint (`best`, `last` or a file) to `out`; with
+    `format="onnx"`, its ONNX model (`export_onnx`) instead.
 
     The bundle appears whole or not at all: it is written into a temporary sibling of `out`,
     checked (the config builds a detector that takes the weights exactly), then renamed into
     place. An existing non-empty `out` is replaced only with `force`.
     """
+    if format not in FORMATS:
+        raise ClipgapError(f"--format must be one of {', '.join(FORMATS)}, got {format}")
+    if format == "onnx":
+        require("onnx", "onnxruntime")
     run = Run.open(run_path)
     text = load_text_embeddings(run)
-    weights = find_checkpoint(run, checkpoint)
     cfg = Config.fromfile(str(run_config(run)))
+    if format == "onnx":
+        check_exportable(cfg.model.type)
+    weights = find_checkpoint(run, checkpoint)
     out = Path(out)
-    if out.exists() and not (out.is_dir() and (force or not any(out.iterdir()))):
+    if format == "onnx":
+        _check_onnx_out(out, force)
+    elif out.exists() and not (out.is_dir() and (force or not any(out.iterdir()))):
         what = "a file" if not out.is_dir() else "not empty"
         raise ClipgapError(f"--out {out} is {what}; choose a new directory, or pass --force to replace it")
 
@@ -83,6 +97,8 @@ def export(run_path: Path, out: Path, checkpoint: str = "best", *, force: bool =
         },
         "versions": stack_versions(),
     }
+    if format == "onnx":
+        return export_onnx(config_text, weights.path, out, {k: v for k, v in info.items() if k != "format"})
 
     staging = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
     try:
@@ -104,6 +120,26 @@ def export(run_path: Path, out: Path, checkpoint: str = "best", *, force: bool =
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Bundle(out, info)
+
+
+def export_onnx(config_text: str, weights: Path, out: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Write the detector of a bundle config (`bundle_config`) with the checkpoint `weights` as
+    the ONNX model `out` and its json (`write_onnx`); returns the json's content."""
+    cfg = Config.fromstring(config_text, ".py")
+    detector, _ = build_detector(cfg, weights, "cpu")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return write_onnx(detector, cfg, out, info)
+    except OSError as err:
+        raise ClipgapError(f"cannot write the ONNX model {out}: {err.strerror or err}") from None
+
+
+def _check_onnx_out(out: Path, force: bool) -> None:
+    if out.suffix != ".onnx":
+        raise ClipgapError(f"--out {out}: an ONNX model's file name ends in .onnx")
+    taken = [path for path in (out, sidecar_path(out)) if path.exists()]
+    if taken and not (force and all(path.is_file() for path in taken)):
+        raise ClipgapError(f"--out {taken[0]} exists; choose a new name, or pass --force to replace it")
 
 
 def bundle_config(cfg: Config, state_dict: dict[str, torch.Tensor], classes: list[str]) -> str:

@@ -1,5 +1,6 @@
 """`predict`: detections on images, drawn and as json, by a bundle or a run's checkpoint, for
-the trained classes or for new class names (open vocabulary)."""
+the trained classes or for new class names (open vocabulary), or by an exported ONNX model in
+onnxruntime, for its fixed classes."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from clipgap_cli.clip.prompts import encode_texts, tokenize
 from clipgap_cli.data.spec import IMAGE_SUFFIXES
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.models.detectors import build_detector
+from clipgap_cli.models.onnx_model import OnnxDetector
 from clipgap_cli.rundir import MANIFEST, Run, atomic_write, describe_clip
 
 
@@ -127,24 +129,25 @@ def predict(
     (`<out>/<name>`). With `classes`, the text classifier detects those names instead of the
     trained classes (the head's `set_vocabulary`, which also decides their box regression).
     The images and `out` are checked before the detector is built."""
-    from mmdet.apis import inference_detector
-
     if not 0 <= score_thr <= 1:
         raise ClipgapError(f"--score-thr must be in [0, 1], got {score_thr}")
-    model = open_model(source, checkpoint)
+    onnx = Path(source).suffix == ".onnx"
+    if onnx and classes is not None:
+        raise ClipgapError(
+            "--classes needs a bundle or a run directory: an ONNX model's classes are fixed at export"
+        )
+    model = OnnxDetector(source, device) if onnx else open_model(source, checkpoint)
     files = find_images(images)
     out = Path(out)
     if any(image.parent.resolve() == out.resolve() for image in files):
         raise ClipgapError(f"--out {out} holds the images themselves; the drawn images would replace them")
-    names = list(classes) if classes is not None else model.classes
-    vocabulary = class_embeddings(model, names, pretrained) if classes is not None else None
-    cfg = Config.fromfile(str(model.config))
-    _lower_score_thr(cfg.model.get("test_cfg"), score_thr)
-    detector, _ = build_detector(cfg, model.weights, device)
-    if vocabulary is not None:
-        _set_vocabulary(detector, vocabulary)
-    detector.dataset_meta = {**detector.dataset_meta, "classes": tuple(names)}
-    visualizer = _visualizer(detector.dataset_meta)
+    if onnx:
+        names, dataset_meta, detect = _onnx_detector(model)
+    else:
+        names = list(classes) if classes is not None else model.classes
+        new_names = classes is not None
+        dataset_meta, detect = _mmdet_detector(model, names, new_names, score_thr, pretrained, device)
+    visualizer = _visualizer(dataset_meta)
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -154,13 +157,49 @@ def predict(
     for done, image in enumerate(files, 1):
         with torch.no_grad():
             try:
-                sample = inference_detector(detector, str(image))
+                sample = detect(image)
             except Exception as err:  # the decoder's own error on a file PIL could parse
                 raise ClipgapError(f"cannot read image {image}: {type(err).__name__}: {err}") from None
         predictions.append(_write(out, image, sample, names, score_thr, visualizer))
         if on_progress:
             on_progress(done, len(files))
     return predictions
+
+
+def _mmdet_detector(
+    model: Model, names: list[str], new_names: bool, score_thr: float, pretrained: Path | None, device: str
+) -> tuple[dict, Callable[[Path], Any]]:
+    """The detector's dataset meta (for drawing) and its detection of one image file, a
+    `DetDataSample`; for `names` instead of the trained classes if `new_names`."""
+    from mmdet.apis import inference_detector
+
+    vocabulary = class_embeddings(model, names, pretrained) if new_names else None
+    cfg = Config.fromfile(str(model.config))
+    _lower_score_thr(cfg.model.get("test_cfg"), score_thr)
+    detector, _ = build_detector(cfg, model.weights, device)
+    if vocabulary is not None:
+        _set_vocabulary(detector, vocabulary)
+    detector.dataset_meta = {**detector.dataset_meta, "classes": tuple(names)}
+    return detector.dataset_meta, lambda image: inference_detector(detector, str(image))
+
+
+def _onnx_detector(model: OnnxDetector) -> tuple[list[str], dict, Callable[[Path], Any]]:
+    """An ONNX model's classes, dataset meta (as its bundle's, for the same drawings) and
+    detection of one image file, a `DetDataSample` as MMDetection's."""
+    import mmcv
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    def detect(image: Path) -> DetDataSample:
+        pixels = mmcv.imread(str(image), channel_order="rgb")  # decoded as MMDetection's pipeline does
+        boxes, scores, labels = (torch.from_numpy(a) for a in model.detect(pixels))
+        sample = DetDataSample(metainfo={"ori_shape": pixels.shape[:2]})
+        sample.pred_instances = InstanceData(bboxes=boxes, scores=scores, labels=labels)
+        return sample
+
+    palette = model.info.get("palette")
+    meta = {"classes": tuple(model.classes), **({"palette": [tuple(c) for c in palette]} if palette else {})}
+    return model.classes, meta, detect
 
 
 def _lower_score_thr(test_cfg: Any, score_thr: float) -> None:

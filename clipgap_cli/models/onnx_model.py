@@ -1,0 +1,429 @@
+"""A detector as one ONNX graph that onnxruntime runs alone: the network, MMDetection's test-time
+postprocessing and ONNX's NonMaxSuppression, the fixed classes' text embeddings baked in; the
+json beside it; and running it.
+
+The graph takes the image resized by the model's resize rule and gives the detections in the
+pixels of the image before that resize:
+
+    inputs   image         (1, 3, H, W) float32, RGB, 0-255, any H and W
+             scale_factor  (2,) float32: resized width / original width, resized height / original height
+    outputs  boxes         (N, 4) float32, x1, y1, x2, y2
+             scores        (N,) float32, highest first
+             labels        (N,) int64, indices into the json's `classes`
+
+The normalisation (CLIP's mean and std) and the padding to a multiple of 32 are in the graph,
+as MMDetection's data preprocessor does them; the resize is not (the caller's image library
+does it, as the json's `resize` says). Only GridCLIP has an ONNX form: docs/cli.md says why
+the C4 detector has none.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.onnx.operators import shape_as_tensor
+
+from clipgap_cli.errors import ClipgapError
+from clipgap_cli.rundir import atomic_write, sha256_of
+
+ONNX_FORMAT = 1
+OPSET = 17
+INPUTS = ("image", "scale_factor")
+OUTPUTS = ("boxes", "scores", "labels")
+# The pipeline steps an exported model may have at test time: reading the image, the resize the
+# json describes, and what only feeds annotations and metadata.
+_PIPELINE_STEPS = {"LoadImageFromFile", "Resize", "LoadAnnotations", "PackDetInputs"}
+
+
+def require(*packages: str) -> None:
+    """Refuse, in one line with the fix, when one of the ONNX extra's `packages` does not import."""
+    missing = []
+    for name in packages:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ClipgapError(
+            f"ONNX models need the {' and '.join(missing)} package{'s' * (len(missing) > 1)}: "
+            "pip install 'clipgap[onnx]'"
+        )
+
+
+def sidecar_path(model: Path) -> Path:
+    """The json beside an ONNX model: `model.onnx` -> `model.json`."""
+    return Path(model).with_suffix(".json")
+
+
+class NonMaxSuppression(torch.autograd.Function):
+    """Greedy NMS: boxes (N, 4) x1, y1, x2, y2 and scores (N,) -> the indices (M,) of the boxes
+    kept, by descending score, at most `max_out`; a box goes when its IoU with a kept one is
+    above `iou_threshold`. mmcv's nms when run, ONNX's NonMaxSuppression in the graph."""
+
+    @staticmethod
+    def forward(ctx, boxes: torch.Tensor, scores: torch.Tensor, max_out: int, iou_threshold: float):
+        from mmcv.ops import nms
+
+        if len(boxes) == 0:
+            return boxes.new_zeros(0, dtype=torch.long)
+        _, keep = nms(boxes, scores, iou_threshold)
+        return keep[:max_out]
+
+    @staticmethod
+    def symbolic(g, boxes, scores, max_out: int, iou_threshold: float):
+        def const(value, dtype):
+            return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
+
+        selected = g.op(
+            "NonMaxSuppression",
+            g.op("Unsqueeze", boxes, const([0], torch.long)),  # (1, N, 4): one batch
+            g.op("Unsqueeze", scores, const([0, 1], torch.long)),  # (1, 1, N): one class
+            const([max_out], torch.long),
+            const([iou_threshold], torch.float),
+        )  # (M, 3): batch, class, box index
+        return g.op("Gather", selected, const(2, torch.long), axis_i=1)
+
+
+def class_wise_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, max_out: int, iou_threshold: float
+) -> torch.Tensor:
+    """NMS within each class, as mmcv's `batched_nms` does it: each class's boxes are moved by
+    label x (the largest coordinate + 1), so that boxes of different classes never overlap.
+    (N, 4), (N,), (N,) -> the indices (M,) kept, by descending score."""
+    # The 0 keeps the maximum defined for no boxes; the boxes lie in the image, so it changes nothing.
+    largest = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()
+    shifted = boxes + (labels.to(boxes) * (largest + 1))[:, None]
+    return NonMaxSuppression.apply(shifted, scores, max_out, iou_threshold)
+
+
+class GridCLIPGraph(nn.Module):
+    """A GridCLIP detector with its test-time processing, traceable for ONNX: MMDetection's
+    data preprocessing (normalise, pad), the network, and `BaseDenseHead`'s postprocessing for
+    one image (per level: sigmoid scores above `score_thr`, the `nms_pre` best (location,
+    class) pairs; points decoded to boxes clipped to the image, rescaled by 1 / scale_factor,
+    scores times centerness, boxes of no width or height dropped, class-wise NMS, the first
+    `max_per_img`).
+
+    `forward(image (1, 3, H, W), scale_factor (2,))` -> boxes (N, 4), scores (N,), labels (N,).
+    """
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        preprocessor = detector.data_preprocessor
+        self.register_buffer("mean", preprocessor.mean.view(1, -1, 1, 1).clone())
+        self.register_buffer("std", preprocessor.std.view(1, -1, 1, 1).clone())
+        self.pad_size_divisor = int(preprocessor.pad_size_divisor)
+        self.detector = detector
+        head = detector.bbox_head
+        cfg = head.test_cfg
+        self.score_thr = float(cfg.get("score_thr", 0))
+        self.nms_pre = int(cfg.get("nms_pre", -1))
+        self.min_bbox_size = cfg.get("min_bbox_size", -1)
+        self.iou_threshold = float(cfg.nms.iou_threshold)
+        self.max_per_img = int(cfg.max_per_img)
+        self.strides = [stride[0] for stride in head.prior_generator.strides]
+        self.prior_offset = float(head.prior_generator.offset)
+
+    def forward(self, image: torch.Tensor, scale_factor: torch.Tensor):
+        height, width = image.shape[-2:]
+        x = (image - self.mean) / self.std
+        d = self.pad_size_divisor
+        x = F.pad(x, (0, (d - width % d) % d, 0, (d - height % d) % d))  # zeros after normalising
+        cls_scores, bbox_preds, centernesses = self.detector.bbox_head(self.detector.extract_feat(x))
+        boxes, scores, labels = [], [], []
+        for level, stride in enumerate(self.strides):
+            cls_score = cls_scores[level][0]  # (K, h, w)
+            classes = cls_score.shape[0]
+            level_scores = cls_score.permute(1, 2, 0).reshape(-1).sigmoid()  # (h w K): location-major
+            count = shape_as_tensor(level_scores)[0]
+            top = count if self.nms_pre <= 0 else torch.clamp(count, max=self.nms_pre)
+            level_scores, pairs = level_scores.topk(top)
+            valid = level_scores > self.score_thr
+            level_scores, pairs = level_scores[valid], pairs[valid]
+            cells = torch.div(pairs, classes, rounding_mode="floor")
+            distances = bbox_preds[level][0].permute(1, 2, 0).reshape(-1, 4)[cells]  # l, t, r, b
+            centerness = centernesses[level][0].reshape(-1).sigmoid()[cells]
+            points = self._points(cls_score[0], stride)[cells]  # (n, 2)
+            boxes.append(torch.cat([points - distances[:, :2], points + distances[:, 2:]], dim=1))
+            scores.append(level_scores * centerness)
+            labels.append(pairs - cells * classes)
+        boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+        size = shape_as_tensor(image)[2:].flip(0).repeat(2).to(boxes)  # w, h, w, h
+        boxes = torch.minimum(boxes.clamp(min=0), size) * (1 / scale_factor).repeat(2)
+        if self.min_bbox_size >= 0:
+            sides = boxes[:, 2:] - boxes[:, :2]
+            wide = (sides > self.min_bbox_size).all(dim=1)
+            boxes, scores, labels = boxes[wide], scores[wide], labels[wide]
+        keep = class_wise_nms(boxes, scores, labels, self.max_per_img, self.iou_threshold)
+        return boxes[keep], scores[keep], labels[keep]
+
+    def _points(self, grid: torch.Tensor, stride: int) -> torch.Tensor:
+        """The prior points (h w, 2), x and y, of a level's grid (h, w) as `MlvlPointGenerator`
+        places them, (i + offset) x stride; counted by cumsum, so the graph follows the image's size."""
+        ones = torch.ones_like(grid)
+        ys, xs = ones.cumsum(0) - 1, ones.cumsum(1) - 1
+        return (torch.stack([xs, ys], dim=-1).reshape(-1, 2) + self.prior_offset) * stride
+
+
+def check_exportable(detector_type: str) -> None:
+    """Refuse, in one line, a detector type (a config's `model.type`) that has no ONNX form."""
+    if detector_type != "GridCLIP":
+        raise ClipgapError(
+            f"--format onnx exports GridCLIP only, not {detector_type}: the C4 detector's RoI stage "
+            "has no ONNX form here (docs/cli.md, export); export a bundle instead"
+        )
+
+
+def onnx_graph(detector: nn.Module) -> nn.Module:
+    """The traceable graph of a built detector, in eval mode; refused in one line for a detector
+    that has none."""
+    check_exportable(type(detector).__name__)
+    nms = detector.bbox_head.test_cfg.get("nms", {})
+    if nms.get("type", "nms") != "nms":
+        raise ClipgapError(f"--format onnx needs plain NMS at test time, not {nms.get('type')}")
+    return GridCLIPGraph(detector).eval()
+
+
+def resize_rule(pipeline: Sequence[Mapping]) -> dict[str, Any]:
+    """The resize of a test pipeline, for the json: `scale` (long, short) or `scale_factor`,
+    the aspect ratio kept, and the rule in words. Refused for a pipeline the graph cannot follow."""
+    steps = [dict(step) for step in pipeline]
+    others = sorted({step["type"] for step in steps} - _PIPELINE_STEPS)
+    resizes = [step for step in steps if step["type"] == "Resize"]
+    if others or len(resizes) > 1:
+        raise ClipgapError(
+            f"--format onnx follows test pipelines of {', '.join(sorted(_PIPELINE_STEPS))} only; "
+            f"this model's has {', '.join(others) or 'two Resize steps'}"
+        )
+    step = resizes[0] if resizes else {"scale_factor": 1.0, "keep_ratio": True}
+    scale, factor = step.get("scale"), step.get("scale_factor")
+    scale = [scale, scale] if isinstance(scale, int) else scale
+    if not step.get("keep_ratio") or (scale is None) == (factor is None) or isinstance(factor, Sequence):
+        raise ClipgapError(
+            "--format onnx follows a Resize that keeps the aspect ratio, by a scale or one factor; "
+            f"this model's test pipeline has {step}"
+        )
+    if step.get("interpolation", "bilinear") != "bilinear":
+        raise ClipgapError(
+            f"--format onnx follows a bilinear Resize; this model's is {step['interpolation']}"
+        )
+    if scale is not None:
+        long, short = max(scale), min(scale)
+        rule = (
+            f"resize keeping the aspect ratio by f = min({long} / the long side, {short} / the short side), "
+            "each side to int(side * f + 0.5), bilinear"
+        )
+    else:
+        rule = f"resize each side to int(side * {factor} + 0.5), bilinear" if factor != 1 else "no resize"
+    return {
+        "scale": None if scale is None else [max(scale), min(scale)],
+        "scale_factor": factor,
+        "rule": rule,
+    }
+
+
+def write_onnx(detector: nn.Module, cfg: Any, path: Path, info: Mapping[str, Any]) -> dict[str, Any]:
+    """Export a built detector (eval mode, its config `cfg`) to the ONNX file `path` and write
+    the json beside it: `info` (classes, provenance) and what running the graph needs. Each file
+    is written whole or not at all; the model only after onnxruntime has given the detector's
+    own detections on a probe image. Returns the json's content."""
+    require("onnx", "onnxruntime")
+    import onnx
+
+    graph = onnx_graph(detector)
+    preprocessor = cfg.model.data_preprocessor
+    meta = {
+        "format": ONNX_FORMAT,
+        **info,
+        "model": path.name,
+        "opset": OPSET,
+        "inputs": {
+            "image": "(1, 3, H, W) float32, 0-255, channels as `normalisation.channel_order`, "
+            "resized by `resize`",
+            "scale_factor": "(2,) float32: resized width / original width, resized height / original height",
+        },
+        "outputs": {
+            "boxes": "(N, 4) float32: x1, y1, x2, y2 in the original image's pixels",
+            "scores": "(N,) float32, highest first",
+            "labels": "(N,) int64: indices into `classes`",
+        },
+        "normalisation": {
+            "in_graph": True,
+            "channel_order": "RGB" if preprocessor.get("bgr_to_rgb") else "BGR",
+            "mean": list(preprocessor.mean),
+            "std": list(preprocessor.std),
+            "pad_size_divisor": graph.pad_size_divisor,
+        },
+        "resize": resize_rule(cfg.test_dataloader.dataset.pipeline),
+        "postprocess": {
+            "score_thr": graph.score_thr,
+            "nms_pre": graph.nms_pre,
+            "min_bbox_size": graph.min_bbox_size,
+            "nms_iou_threshold": graph.iou_threshold,
+            "max_per_img": graph.max_per_img,
+        },
+        "palette": (getattr(detector, "dataset_meta", None) or {}).get("palette"),
+    }
+
+    def export_and_check(staged: Path) -> None:
+        probe = _probe_image()
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's warnings on shapes it reads as numbers
+            expected = [t.numpy() for t in graph(*probe)]
+            torch.onnx.register_custom_op_symbolic("aten::movedim", _movedim, OPSET)
+            torch.onnx.export(
+                graph,
+                probe,
+                str(staged),
+                input_names=list(INPUTS),
+                output_names=list(OUTPUTS),
+                dynamic_axes={"image": {2: "height", 3: "width"}, **{o: {0: "detections"} for o in OUTPUTS}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        onnx.checker.check_model(str(staged))
+        inputs = {name: t.numpy() for name, t in zip(INPUTS, probe, strict=True)}
+        difference = detection_difference(expected, session(staged, "cpu").run(None, inputs))
+        if difference:
+            raise ClipgapError(
+                f"onnxruntime does not give the model's detections with the graph: {difference}"
+            )
+        meta["sha256"] = sha256_of(staged)
+
+    atomic_write(path, export_and_check)
+    text = json.dumps(meta, indent=2) + "\n"
+    atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return meta
+
+
+def _movedim(g, x, source, destination):
+    """aten::movedim as ONNX Transpose. torch's own symbolic (2.13) leaves a negative source
+    dimension in the permutation, which Transpose refuses: the text classifier's
+    `movedim(-1, 1)`."""
+    from torch.onnx import symbolic_helper
+
+    rank = symbolic_helper._get_tensor_rank(x)
+    source, destination = (
+        [d % rank for d in symbolic_helper._get_const(dims, "t", "dims").view(-1).tolist()]
+        for dims in (source, destination)
+    )
+    perm = [None] * rank
+    for src, dst in zip(source, destination, strict=True):
+        perm[dst] = src
+    rest = iter(d for d in range(rank) if d not in source)
+    return g.op("Transpose", x, perm_i=[next(rest) if p is None else p for p in perm])
+
+
+def _probe_image() -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed smooth random image of a size that is no multiple of 32 (so the padding is traced),
+    and its scale factor."""
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.rand(1, 3, 6, 8, generator=generator) * 255
+    image = F.interpolate(coarse, size=(150, 200), mode="bilinear", align_corners=False)
+    return image, torch.tensor([1.0, 1.0])
+
+
+def detection_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], iou: float = 0.99,
+                         score_atol: float = 1e-3) -> str | None:  # fmt: skip
+    """How two sets of detections (boxes (N, 4), scores (N,), labels (N,)) differ, or None when
+    they are the same: as many of each, each of `a` matched to one of `b` with the same label,
+    an IoU of at least `iou` and a score within `score_atol`."""
+    (boxes_a, scores_a, labels_a), (boxes_b, scores_b, labels_b) = map(tuple, (a, b))
+    if len(boxes_a) != len(boxes_b):
+        return f"{len(boxes_a)} detections against {len(boxes_b)}"
+    free = np.ones(len(boxes_b), dtype=bool)
+    for box, score, label in zip(boxes_a, scores_a, labels_a, strict=True):
+        overlaps = np.where(free & (labels_b == label), _iou(box, boxes_b), -1.0)
+        best = int(np.argmax(overlaps)) if len(overlaps) else -1
+        if best < 0 or overlaps[best] < iou or abs(scores_b[best] - score) > score_atol:
+            return f"no match for the class {int(label)} box {np.round(box, 2).tolist()} scoring {score:.4f}"
+        free[best] = False
+    return None
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box (4,) with boxes (N, 4)."""
+    sides = np.clip(np.minimum(box[2:], boxes[:, 2:]) - np.maximum(box[:2], boxes[:, :2]), 0, None)
+    inter = sides.prod(axis=1)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / (area(box) + area(boxes) - inter)
+
+
+def session(path: Path, device: str = "cpu", threads: int | None = None):
+    """An onnxruntime session of the model file: on CUDA for a cuda `device` where onnxruntime
+    has it, else on the CPU; `threads` for its operators (default: onnxruntime's choice)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return onnxruntime.InferenceSession(str(path), options, providers=providers)
+
+
+class OnnxDetector:
+    """An exported model run by onnxruntime: its json (`info`), and `detect` on an image."""
+
+    def __init__(self, path: Path, device: str = "cpu"):
+        require("onnxruntime")
+        self.path = Path(path)
+        self.info = read_onnx_info(self.path)
+        self.session = session(self.path, device)
+        from mmdet.datasets.transforms import Resize
+
+        rule = self.info["resize"]
+        scale = None if rule["scale"] is None else tuple(rule["scale"])
+        self._resize = Resize(scale=scale, scale_factor=rule["scale_factor"], keep_ratio=True)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+    def detect(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """An image (H, W, 3) uint8 in RGB -> boxes (N, 4) in its pixels, scores (N,), labels (N,):
+        resized as MMDetection's test pipeline does (its `Resize`), then the graph."""
+        resized = self._resize({"img": pixels})
+        image = resized["img"]
+        if self.info["normalisation"]["channel_order"] == "BGR":
+            image = image[..., ::-1]
+        inputs = {
+            "image": np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32),
+            "scale_factor": np.asarray(resized["scale_factor"], dtype=np.float32),
+        }
+        return tuple(self.session.run(None, inputs))
+
+
+def read_onnx_info(path: Path) -> dict[str, Any]:
+    """The json beside an ONNX model, after checking that this clipgap reads its format and that
+    the model file is the one it describes."""
+    sidecar = sidecar_path(path)
+    if not Path(path).is_file():
+        raise ClipgapError(f"{path} does not exist; export one with `clipgap export --format onnx`")
+    if not sidecar.is_file():
+        raise ClipgapError(f"{path} has no {sidecar.name} beside it; export the model again")
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+        version = info["format"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ClipgapError(f"{sidecar} is corrupt; export the model again") from None
+    if version != ONNX_FORMAT:
+        raise ClipgapError(
+            f"{sidecar} is of format {version}; this clipgap reads format {ONNX_FORMAT}: "
+            "export the model again"
+        )
+    if info.get("sha256") != sha256_of(Path(path)):
+        raise ClipgapError(
+            f"{path} is not the model {sidecar.name} describes (its sha256 differs); export the model again"
+        )
+    return info
