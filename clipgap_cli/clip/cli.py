@@ -67,6 +67,14 @@ def pretrain_command(
         float, typer.Option(help="Peak AdamW learning rate, > 0.", callback=options.positive)
     ] = _DEFAULTS.lr,
     model: Annotated[str, typer.Option(help="The open_clip model config to train.")] = _DEFAULTS.model,
+    bf16: Annotated[
+        bool,
+        typer.Option(
+            "--bf16/--fp32",
+            help="Run both towers under CPU bfloat16 autocast: faster on CPUs with bf16 instructions "
+            "(AVX512-BF16, AMX), much slower on others. Changes the weights.",
+        ),
+    ] = _DEFAULTS.bf16,
 ) -> None:
     """Train RN-synth contrastively from random weights on captioned renders of all 18 conditions.
 
@@ -84,6 +92,7 @@ def pretrain_command(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
+        bf16=bf16,
     )
     with _bar() as bar:
         tasks: dict[str, int] = {}
