@@ -660,8 +660,8 @@ def export_command(
         str,
         typer.Option(
             "--format",
-            help="bundle (for MMDetection) or onnx (one ONNX graph for onnxruntime, GridCLIP only, with a "
-            ".json beside it; needs clipgap[onnx]).",
+            help="bundle (for MMDetection) or onnx (one ONNX graph for onnxruntime, with a .json beside "
+            "it; needs clipgap[onnx]).",
         ),
     ] = "bundle",
     force: Annotated[

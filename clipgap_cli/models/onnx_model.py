@@ -13,14 +13,15 @@ pixels of the image before that resize:
 
 The normalisation (CLIP's mean and std) and the padding to a multiple of 32 are in the graph,
 as MMDetection's data preprocessor does them; the resize is not (the caller's image library
-does it, as the json's `resize` says). Only GridCLIP has an ONNX form: docs/cli.md says why
-the C4 detector has none.
+does it, as the json's `resize` says). Both detectors have one: GridCLIP (`GridCLIPGraph`) and
+CLIP the Gap's C4 Faster R-CNN (`C4Graph`, its RoIAlign as ONNX's half-pixel `RoiAlign`).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -105,16 +106,42 @@ def class_wise_nms(
     return NonMaxSuppression.apply(shifted, scores, max_out, iou_threshold)
 
 
-class GridCLIPGraph(nn.Module):
-    """A GridCLIP detector with its test-time processing, traceable for ONNX: MMDetection's
-    data preprocessing (normalise, pad), the network, and `BaseDenseHead`'s postprocessing for
-    one image (per level: sigmoid scores above `score_thr`, the `nms_pre` best (location,
-    class) pairs; points decoded to boxes clipped to the image, rescaled by 1 / scale_factor,
-    scores times centerness, boxes of no width or height dropped, class-wise NMS, the first
-    `max_per_img`).
+class RoIAlign(torch.autograd.Function):
+    """mmcv's `RoIAlign(aligned=True, pool_mode='avg')` on one image's map when run, ONNX's
+    `RoiAlign` (opset 16: half-pixel coordinates, average) in the graph, which computes the
+    same bilinear samples: map (1, C, H, W), boxes (R, 4) -> (R, C, S, S)."""
 
-    `forward(image (1, 3, H, W), scale_factor (2,))` -> boxes (N, 4), scores (N,), labels (N,).
-    """
+    @staticmethod
+    def forward(ctx, feature, boxes, output_size: int, spatial_scale: float, sampling_ratio: int):
+        from mmcv.ops import roi_align
+
+        rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=1)
+        return roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, "avg", True)
+
+    @staticmethod
+    def symbolic(g, feature, boxes, output_size: int, spatial_scale: float, sampling_ratio: int):
+        def const(value):
+            return g.op("Constant", value_t=torch.tensor(value, dtype=torch.long))
+
+        count = g.op("Slice", g.op("Shape", boxes), const([0]), const([1]))
+        batch = g.op("ConstantOfShape", count, value_t=torch.tensor([0], dtype=torch.long))
+        return g.op(
+            "RoiAlign",
+            feature,
+            boxes,
+            batch,
+            coordinate_transformation_mode_s="half_pixel",
+            mode_s="avg",
+            output_height_i=output_size,
+            output_width_i=output_size,
+            sampling_ratio_i=sampling_ratio,
+            spatial_scale_f=spatial_scale,
+        )
+
+
+class _DetectorGraph(nn.Module):
+    """What every detector's graph shares: MMDetection's data preprocessing (normalise, then pad
+    with zeros to a multiple of `pad_size_divisor`), and boxes clipped to the image and rescaled."""
 
     def __init__(self, detector: nn.Module):
         super().__init__()
@@ -123,63 +150,176 @@ class GridCLIPGraph(nn.Module):
         self.register_buffer("std", preprocessor.std.view(1, -1, 1, 1).clone())
         self.pad_size_divisor = int(preprocessor.pad_size_divisor)
         self.detector = detector
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) 0-255 -> normalised and padded (1, 3, H', W')."""
+        height, width = image.shape[-2:]
+        x = (image - self.mean) / self.std
+        d = self.pad_size_divisor
+        return F.pad(x, (0, (d - width % d) % d, 0, (d - height % d) % d))
+
+    @staticmethod
+    def clip(boxes: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Boxes (..., 4) clipped to the unpadded image (1, 3, H, W): x to [0, W], y to [0, H]."""
+        size = shape_as_tensor(image)[2:].flip(0).repeat(2).to(boxes)  # w, h, w, h
+        return torch.minimum(boxes.clamp(min=0), size)
+
+    @staticmethod
+    def keep_sized(min_size: float, boxes: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
+        """The boxes (N, 4), and what goes with them, wider and higher than `min_size` (none
+        dropped for a negative one)."""
+        if min_size < 0:
+            return [boxes, *others]
+        sized = (boxes[:, 2:] - boxes[:, :2] > min_size).all(dim=1)
+        return [t[sized] for t in (boxes, *others)]
+
+
+def _nms_settings(cfg: Any) -> tuple[float, int]:
+    """The IoU threshold and the number of detections kept of a test config's NMS."""
+    nms = cfg.get("nms", {})
+    if nms.get("type", "nms") != "nms":
+        raise ClipgapError(f"--format onnx needs plain NMS at test time, not {nms.get('type')}")
+    return float(nms["iou_threshold"]), int(cfg.max_per_img)
+
+
+class GridCLIPGraph(_DetectorGraph):
+    """A GridCLIP detector with its test-time processing, traceable for ONNX: the preprocessing,
+    the network, and `BaseDenseHead`'s postprocessing for one image (per level: sigmoid scores
+    above `score_thr`, the `nms_pre` best (location, class) pairs; points decoded to boxes
+    clipped to the image, rescaled by 1 / scale_factor, scores times centerness, boxes of no
+    width or height dropped, class-wise NMS, the first `max_per_img`).
+
+    `forward(image (1, 3, H, W), scale_factor (2,))` -> boxes (N, 4), scores (N,), labels (N,).
+    """
+
+    def __init__(self, detector: nn.Module):
+        super().__init__(detector)
         head = detector.bbox_head
         cfg = head.test_cfg
         self.score_thr = float(cfg.get("score_thr", 0))
         self.nms_pre = int(cfg.get("nms_pre", -1))
-        self.min_bbox_size = cfg.get("min_bbox_size", -1)
-        self.iou_threshold = float(cfg.nms.iou_threshold)
-        self.max_per_img = int(cfg.max_per_img)
+        self.min_bbox_size = float(cfg.get("min_bbox_size", -1))
+        self.iou_threshold, self.max_per_img = _nms_settings(cfg)
         self.strides = [stride[0] for stride in head.prior_generator.strides]
         self.prior_offset = float(head.prior_generator.offset)
 
     def forward(self, image: torch.Tensor, scale_factor: torch.Tensor):
-        height, width = image.shape[-2:]
-        x = (image - self.mean) / self.std
-        d = self.pad_size_divisor
-        x = F.pad(x, (0, (d - width % d) % d, 0, (d - height % d) % d))  # zeros after normalising
-        cls_scores, bbox_preds, centernesses = self.detector.bbox_head(self.detector.extract_feat(x))
+        features = self.detector.extract_feat(self.preprocess(image))
+        cls_scores, bbox_preds, centernesses = self.detector.bbox_head(features)
         boxes, scores, labels = [], [], []
         for level, stride in enumerate(self.strides):
             cls_score = cls_scores[level][0]  # (K, h, w)
             classes = cls_score.shape[0]
-            level_scores = cls_score.permute(1, 2, 0).reshape(-1).sigmoid()  # (h w K): location-major
-            count = shape_as_tensor(level_scores)[0]
-            top = count if self.nms_pre <= 0 else torch.clamp(count, max=self.nms_pre)
-            level_scores, pairs = level_scores.topk(top)
-            valid = level_scores > self.score_thr
+            level_scores, pairs = _top(cls_score.permute(1, 2, 0).reshape(-1).sigmoid(), self.nms_pre)
+            valid = level_scores > self.score_thr  # location-major (location, class) pairs
             level_scores, pairs = level_scores[valid], pairs[valid]
             cells = torch.div(pairs, classes, rounding_mode="floor")
             distances = bbox_preds[level][0].permute(1, 2, 0).reshape(-1, 4)[cells]  # l, t, r, b
             centerness = centernesses[level][0].reshape(-1).sigmoid()[cells]
-            points = self._points(cls_score[0], stride)[cells]  # (n, 2)
+            points = (_grid(cls_score[0]) + self.prior_offset)[cells] * stride  # (n, 2)
             boxes.append(torch.cat([points - distances[:, :2], points + distances[:, 2:]], dim=1))
             scores.append(level_scores * centerness)
             labels.append(pairs - cells * classes)
-        boxes, scores, labels = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
-        size = shape_as_tensor(image)[2:].flip(0).repeat(2).to(boxes)  # w, h, w, h
-        boxes = torch.minimum(boxes.clamp(min=0), size) * (1 / scale_factor).repeat(2)
-        if self.min_bbox_size >= 0:
-            sides = boxes[:, 2:] - boxes[:, :2]
-            wide = (sides > self.min_bbox_size).all(dim=1)
-            boxes, scores, labels = boxes[wide], scores[wide], labels[wide]
+        boxes = self.clip(torch.cat(boxes), image) * (1 / scale_factor).repeat(2)
+        boxes, scores, labels = self.keep_sized(
+            self.min_bbox_size, boxes, torch.cat(scores), torch.cat(labels)
+        )
         keep = class_wise_nms(boxes, scores, labels, self.max_per_img, self.iou_threshold)
         return boxes[keep], scores[keep], labels[keep]
 
-    def _points(self, grid: torch.Tensor, stride: int) -> torch.Tensor:
-        """The prior points (h w, 2), x and y, of a level's grid (h, w) as `MlvlPointGenerator`
-        places them, (i + offset) x stride; counted by cumsum, so the graph follows the image's size."""
-        ones = torch.ones_like(grid)
-        ys, xs = ones.cumsum(0) - 1, ones.cumsum(1) - 1
-        return (torch.stack([xs, ys], dim=-1).reshape(-1, 2) + self.prior_offset) * stride
+
+class C4Graph(_DetectorGraph):
+    """CLIP the Gap's C4 Faster R-CNN with its test-time processing, traceable for ONNX: the
+    preprocessing, V_a, the RPN's proposals as `RPNHead` makes them (the `nms_pre` best anchors,
+    deltas decoded and clipped, boxes of no size dropped, NMS, the first `max_per_img`),
+    RoIAlign, V_b and the text classifier on each proposal, and `BBoxHead`'s postprocessing
+    (softmax, per-class deltas decoded and clipped, rescaled by 1 / scale_factor,
+    `multiclass_nms`).
+
+    `forward(image (1, 3, H, W), scale_factor (2,))` -> boxes (N, 4), scores (N,), labels (N,).
+    """
+
+    def __init__(self, detector: nn.Module):
+        super().__init__(detector)
+        rpn, roi = detector.rpn_head, detector.roi_head
+        generator = rpn.prior_generator
+        if len(generator.strides) != 1 or len(roi.bbox_roi_extractor.roi_layers) != 1:
+            raise ClipgapError("--format onnx exports the C4 detector with one feature map only")
+        self.register_buffer("base_anchors", generator.base_anchors[0].clone())  # (A, 4)
+        self.anchor_stride = float(generator.strides[0][0])
+        self.rpn_coder, self.rcnn_coder = rpn.bbox_coder, roi.bbox_head.bbox_coder
+        rpn_cfg, rcnn_cfg = rpn.test_cfg, roi.test_cfg
+        self.nms_pre = int(rpn_cfg.get("nms_pre", -1))
+        self.min_bbox_size = float(rpn_cfg.get("min_bbox_size", -1))
+        self.rpn_iou, self.proposals = _nms_settings(rpn_cfg)
+        self.score_thr = float(rcnn_cfg.score_thr)
+        self.iou_threshold, self.max_per_img = _nms_settings(rcnn_cfg)
+        layer = roi.bbox_roi_extractor.roi_layers[0]
+        if not layer.aligned or layer.pool_mode != "avg":
+            raise ClipgapError("--format onnx exports RoIAlign(aligned=True, pool_mode='avg') only")
+        self.roi_size, self.spatial_scale = int(layer.output_size[0]), float(layer.spatial_scale)
+        self.sampling_ratio = int(layer.sampling_ratio)
+
+    def forward(self, image: torch.Tensor, scale_factor: torch.Tensor):
+        detector = self.detector
+        (feature,) = detector.extract_feat(self.preprocess(image))  # (1, C3, h, w)
+        (cls_score,), (bbox_pred,) = detector.rpn_head((feature,))
+        scores, order = _top(cls_score[0].permute(1, 2, 0).reshape(-1).sigmoid(), self.nms_pre)
+        anchors = (_grid(cls_score[0, 0]) * self.anchor_stride).repeat(1, 2)[:, None] + self.base_anchors
+        deltas = bbox_pred[0].permute(1, 2, 0).reshape(-1, 4)[order]
+        boxes = self.clip(_decode(self.rpn_coder, anchors.reshape(-1, 4)[order], deltas), image)
+        boxes, scores = self.keep_sized(self.min_bbox_size, boxes, scores)
+        keep = class_wise_nms(
+            boxes, scores, torch.zeros_like(scores, dtype=torch.long), self.proposals, self.rpn_iou
+        )
+        proposals = boxes[keep]  # (R, 4)
+
+        regions = RoIAlign.apply(feature, proposals, self.roi_size, self.spatial_scale, self.sampling_ratio)
+        cls_score, bbox_pred = detector.roi_head.bbox_head(detector.roi_head.shared_head(regions))
+        scores = cls_score.softmax(dim=-1)[:, :-1]  # (R, K): the last column is the background
+        classes = scores.shape[1]
+        labels = torch.arange(classes).expand_as(scores).reshape(-1)
+        deltas = bbox_pred.reshape(-1, 4)  # (R K, 4): proposal-major
+        boxes = _decode(self.rcnn_coder, proposals.repeat_interleave(classes, dim=0), deltas)
+        boxes = self.clip(boxes, image) * (1 / scale_factor).repeat(2)
+        scores = scores.reshape(-1)
+        valid = scores > self.score_thr
+        boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
+        keep = class_wise_nms(boxes, scores, labels, self.max_per_img, self.iou_threshold)
+        return boxes[keep], scores[keep], labels[keep]
+
+
+def _top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k highest of scores (N,), all of them for k <= 0, highest first, and their indices."""
+    count = shape_as_tensor(scores)[0]
+    return scores.topk(count if k <= 0 else torch.clamp(count, max=k))
+
+
+def _grid(grid: torch.Tensor) -> torch.Tensor:
+    """The cells (h w, 2), x and y, of a map (h, w), row by row; counted by cumsum, so that the
+    graph follows the image's size."""
+    ones = torch.ones_like(grid)
+    return torch.stack([ones.cumsum(1) - 1, ones.cumsum(0) - 1], dim=-1).reshape(-1, 2)
+
+
+def _decode(coder: Any, rois: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """`DeltaXYWHBBoxCoder.decode` (mmdet's `delta2bbox`) of deltas (N, 4) on boxes (N, 4), not clipped."""
+    deltas = deltas * deltas.new_tensor(coder.stds) + deltas.new_tensor(coder.means)
+    centres, sizes = (rois[:, :2] + rois[:, 2:]) * 0.5, rois[:, 2:] - rois[:, :2]
+    limit = abs(math.log(16 / 1000))  # `decode`'s wh_ratio_clip, which mmdet's heads leave as it is
+    centres = centres + sizes * deltas[:, :2]
+    sizes = sizes * deltas[:, 2:].clamp(min=-limit, max=limit).exp()
+    return torch.cat([centres - sizes * 0.5, centres + sizes * 0.5], dim=-1)
+
+
+GRAPHS = {"GridCLIP": GridCLIPGraph, "FasterRCNN": C4Graph}  # a config's model.type -> its graph
 
 
 def check_exportable(detector_type: str) -> None:
     """Refuse, in one line, a detector type (a config's `model.type`) that has no ONNX form."""
-    if detector_type != "GridCLIP":
+    if detector_type not in GRAPHS:
         raise ClipgapError(
-            f"--format onnx exports GridCLIP only, not {detector_type}: the C4 detector's RoI stage "
-            "has no ONNX form here (docs/cli.md, export); export a bundle instead"
+            f"--format onnx exports {' and '.join(GRAPHS)} detectors, not {detector_type}; export a bundle"
         )
 
 
@@ -187,10 +327,7 @@ def onnx_graph(detector: nn.Module) -> nn.Module:
     """The traceable graph of a built detector, in eval mode; refused in one line for a detector
     that has none."""
     check_exportable(type(detector).__name__)
-    nms = detector.bbox_head.test_cfg.get("nms", {})
-    if nms.get("type", "nms") != "nms":
-        raise ClipgapError(f"--format onnx needs plain NMS at test time, not {nms.get('type')}")
-    return GridCLIPGraph(detector).eval()
+    return GRAPHS[type(detector).__name__](detector).eval()
 
 
 def resize_rule(pipeline: Sequence[Mapping]) -> dict[str, Any]:
@@ -264,13 +401,7 @@ def write_onnx(detector: nn.Module, cfg: Any, path: Path, info: Mapping[str, Any
             "pad_size_divisor": graph.pad_size_divisor,
         },
         "resize": resize_rule(cfg.test_dataloader.dataset.pipeline),
-        "postprocess": {
-            "score_thr": graph.score_thr,
-            "nms_pre": graph.nms_pre,
-            "min_bbox_size": graph.min_bbox_size,
-            "nms_iou_threshold": graph.iou_threshold,
-            "max_per_img": graph.max_per_img,
-        },
+        "postprocess": detector.test_cfg.to_dict(),  # the model's test_cfg, which the graph follows
         "palette": (getattr(detector, "dataset_meta", None) or {}).get("palette"),
     }
 

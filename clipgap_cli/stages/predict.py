@@ -128,7 +128,9 @@ def predict(
     at least `score_thr`, boxes in image pixels) and the image with those boxes drawn
     (`<out>/<name>`). With `classes`, the text classifier detects those names instead of the
     trained classes (the head's `set_vocabulary`, which also decides their box regression).
-    The images and `out` are checked before the detector is built."""
+    A `.onnx` `source` (`export --format onnx`) runs in onnxruntime, for its exported classes
+    and down to its exported score threshold. The images and `out` are checked before the
+    detector is built."""
     if not 0 <= score_thr <= 1:
         raise ClipgapError(f"--score-thr must be in [0, 1], got {score_thr}")
     onnx = Path(source).suffix == ".onnx"
