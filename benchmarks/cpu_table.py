@@ -22,7 +22,7 @@ import shutil
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -39,27 +39,37 @@ class Row:
     config: str  # inside clipgap's mmconfigs/
     bn_mode: str | None = None  # for a config with the semantic augmentation: optimize-augs --bn-mode
     cfg_options: dict[str, Any] = field(default_factory=dict)
+    pretrained: str = "synth"  # RN-synth's weights: the shipped ones, or "none" (random)
 
 
 C4 = "tiny/faster-rcnn_clip-synth_c4"
 GRID = "tiny/gridclip_clip-synth_fpn"
+LINEAR = {"model.roi_head.bbox_head.classifier": "linear"}
 ROWS = {
+    # What CLIP's pretraining is worth: the same detector on RN-synth's architecture with random
+    # weights (its prompts encoded by the random CLIP too, so the run names one CLIP).
+    "no-clip": Row(
+        "no CLIP pretraining (random RN-synth weights, linear classifier)",
+        f"{C4}.py",
+        cfg_options=LINEAR,
+        pretrained="none",
+    ),
     "linear": Row(
         "linear classifier (source-only baseline)",
         f"{C4}.py",
-        cfg_options={"model.roi_head.bbox_head.classifier": "linear"},
+        cfg_options=LINEAR,
     ),  # fmt: skip
     "clip-t": Row("clip-t: text classifier", f"{C4}.py"),
     "clip-t+aug": Row("clip-t + semantic augmentations (CLIP the Gap)", f"{C4}_aug.py", bn_mode="train"),
-    "gridclip": Row("GridCLIP", f"{GRID}.py"),
-    "gridclip+aug": Row("GridCLIP + semantic augmentations", f"{GRID}_aug.py", bn_mode="train"),
-    # Not in the default table: CLIP the Gap with its offsets optimised under CLIP's stored
-    # BatchNorm statistics (docs/reproducing.md says why).
+    # CLIP the Gap with its offsets optimised under CLIP's stored BatchNorm statistics, so that
+    # their spatial mean, the part the detector adds, gets a gradient (docs/method.md).
     "clip-t+aug-bn-eval": Row(
         "clip-t + semantic augmentations, optimize-augs --bn-mode eval", f"{C4}_aug.py", bn_mode="eval"
     ),  # fmt: skip
+    "gridclip": Row("GridCLIP", f"{GRID}.py"),
+    "gridclip+aug": Row("GridCLIP + semantic augmentations", f"{GRID}_aug.py", bn_mode="train"),
 }
-DEFAULT_ROWS = ["linear", "clip-t", "clip-t+aug", "gridclip", "gridclip+aug"]
+DEFAULT_ROWS = list(ROWS)
 BASELINE = "linear"
 
 
@@ -103,15 +113,18 @@ def prepare_data(work: Path, setting: Setting) -> Path:
     return data
 
 
-def prepare_seed(work: Path, data: Path, seed: int, setting: Setting, bn_mode: str | None) -> Path:
-    """A run directory with the prompts' text embeddings and, unless `bn_mode` is None, the
-    seed's offsets optimised in that BatchNorm mode."""
+def prepare_seed(
+    work: Path, data: Path, seed: int, setting: Setting, bn_mode: str | None, pretrained: str = "synth"
+) -> Path:
+    """A run directory with the prompts' text embeddings by RN-synth with `pretrained` weights
+    and, unless `bn_mode` is None, the seed's offsets optimised in that BatchNorm mode."""
     from clipgap_cli.clip.prompts import DEFAULT_PROMPTS_FILE, read_prompts
     from clipgap_cli.stages.encode_prompts import encode_prompts
     from clipgap_cli.stages.optimize_augs import optimize_augs
 
-    run = work / f"seed{seed}" / ("prompts-bn-eval" if bn_mode == "eval" else "prompts")
-    encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-synth", pretrained="synth")
+    name = "prompts-bn-eval" if bn_mode == "eval" else "prompts"
+    run = work / f"seed{seed}" / (name if pretrained == "synth" else f"{name}-{pretrained}")
+    encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-synth", pretrained=pretrained)
     if bn_mode:
         optimize_augs(run, data, iters=setting.aug_iters, crops_per_iter=setting.aug_crops, seed=seed,
                       bn_mode=bn_mode)  # fmt: skip
@@ -147,24 +160,36 @@ def build(work: Path, rows: list[str], seeds: list[int], setting: Setting, jobs:
     """Every (row, seed) cell's evaluation, and the seeds' optimize-augs reports."""
     start = time.perf_counter()
     data = prepare_data(work, setting)
-    # One prepared run per seed and BatchNorm mode of optimize-augs; the rows without
-    # augmentation copy the reference mode's (or a run of text embeddings alone).
+    # One prepared run per seed, BatchNorm mode of optimize-augs and CLIP weights; the rows
+    # without augmentation copy the reference mode's (or a run of text embeddings alone).
     modes = list(dict.fromkeys(ROWS[r].bn_mode for r in rows if ROWS[r].bn_mode)) or [None]
-    prepared = {(s, m): prepare_seed(work, data, s, setting, m) for s in seeds for m in modes}
+
+    def prepared_for(r: str) -> tuple[str | None, str]:
+        row = ROWS[r]
+        return (row.bn_mode or modes[0]) if row.pretrained == "synth" else None, row.pretrained
+
+    needed = dict.fromkeys(prepared_for(r) for r in rows)
+    prepared = {(s, *k): prepare_seed(work, data, s, setting, *k) for s in seeds for k in needed}
     prepared_at = time.perf_counter()
     cells = {(r, s): work / f"seed{s}" / r for r in rows for s in seeds}
     os.environ["CLIPGAP_TABLE_THREADS"] = str(max(1, 2 // jobs))
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool, _progress() as bar:
         futures = {
-            (r, s): pool.submit(
-                run_cell, prepared[s, ROWS[r].bn_mode or modes[0]], cell, data, ROWS[r], s, setting.max_iters
+            pool.submit(run_cell, prepared[s, *prepared_for(r)], cell, data, ROWS[r], s, setting.max_iters): (
+                r,
+                s,
             )  # fmt: skip
             for (r, s), cell in cells.items()
         }
-        results = {key: future.result() for key, future in futures.items()}
+        task = bar.add_task("cells (row x seed)", total=len(futures))
+        results = {}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            bar.advance(task)
+        results = {key: results[key] for key in cells}
     augs = {  # BatchNorm mode -> seed -> the optimize-augs diagnostic
         m: {
-            s: json.loads((prepared[s, m] / "augs" / "report.json").read_text())["target_domains"]
+            s: json.loads((prepared[s, m, "synth"] / "augs" / "report.json").read_text())["target_domains"]
             for s in seeds
         }
         for m in modes
@@ -176,6 +201,22 @@ def build(work: Path, rows: list[str], seeds: list[int], setting: Setting, jobs:
         "augs": augs,
         "seconds": {"prepare": prepared_at - start, "total": time.perf_counter() - start},
     }
+
+
+def _progress():
+    """A bar over the table's cells with the time left, estimated from the cells done so far
+    (cells kept from an interrupted build count as done at once)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, TextColumn("left"), TimeRemainingColumn(), transient=False)
 
 
 # -- the summary ---------------------------------------------------------------------------

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from clipgap_cli.rundir import TEXT_EMBEDDINGS, Run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(900)
 def test_the_table_command_writes_every_output_and_resumes(tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, str(ROOT / "benchmarks" / "cpu_table.py"), "--quick", "--seeds", "0", "1",
-               "--rows", "linear", "clip-t+aug", "gridclip+aug", "--jobs", "1",
+    command = [sys.executable, str(ROOT / "benchmarks" / "cpu_table.py"), "--quick", "--seeds", "0",
+               "--rows", "no-clip", "linear", "clip-t+aug", "--jobs", "1",
                "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -23,15 +25,19 @@ def test_the_table_command_writes_every_output_and_resumes(tmp_path):
     payload = json.loads((out / "cpu-table.json").read_text())
     summary = payload["summary"]
     assert summary["domains"][0] == "daytime_clear" and len(summary["targets"]) == 4
-    assert set(summary["rows"]) == {"linear", "clip-t+aug", "gridclip+aug"}
+    assert set(summary["rows"]) == {"no-clip", "linear", "clip-t+aug"}
     for row in summary["rows"].values():
-        assert len(row["per_seed"]["targets"]) == 2
+        assert len(row["per_seed"]["targets"]) == 1
         for mean, std in (row[d] for d in [*summary["domains"], "targets"]):
             assert 0 <= mean <= 100 and std >= 0
     assert set(payload["retention"]) == {*summary["targets"], "targets"}
     assert [d["domain"] for d in payload["diagnostic"]] == summary["targets"]
     markdown = (out / "cpu-table.md").read_text()
     assert "| linear classifier (source-only baseline) |" in markdown and "| night_rainy |" in markdown
+    assert "| no CLIP pretraining (random RN-synth weights, linear classifier) |" in markdown
+    # The no-CLIP row's run names the random CLIP it was trained on.
+    no_clip = Run.open(tmp_path / "work" / "seed0" / "no-clip").verified(TEXT_EMBEDDINGS).clip
+    assert no_clip == {"model": "RN-synth", "pretrained": None, "sha256": None}
     assert markdown.splitlines()[6] in done.stdout  # the table is printed as written
     assert (out / "cpu-table.png").read_bytes().startswith(b"\x89PNG")
 
