@@ -23,7 +23,7 @@ from clipgap_cli.data.classes import parse_classes
 from clipgap_cli.data.cli import data_app
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.evaluation.report import compare_table, domain_table
-from clipgap_cli.io import no_space_cause
+from clipgap_cli.io import no_space_cause, unwritten_file
 from clipgap_cli.rundir import Run, describe_clip
 from clipgap_cli.stages.encode_prompts import encode_prompts, parse_class_names
 from clipgap_cli.stages.evaluate import ALL, evaluate, stored_evaluation
@@ -79,7 +79,7 @@ class _Commands(TyperGroup):
         except Exception as err:
             if (full := no_space_cause(err)) is None:
                 raise
-            where = f": cannot write {full.filename}" if full.filename else ""
+            where = f": cannot write {file}" if (file := unwritten_file(full)) else ""
             typer.echo(f"error: no space left on device{where}; free some space and run it again", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import tempfile
 from collections.abc import Callable
@@ -86,6 +87,23 @@ def no_space_cause(err: BaseException | None) -> OSError | None:
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
+    return None
+
+
+def unwritten_file(err: OSError) -> str | None:
+    """The file a write that failed with `err` was writing: the error's file name, else (a file
+    object's write or close raises without one) the open file the innermost frame that held
+    one was writing."""
+    if err.filename:
+        return str(err.filename)
+    frames, tb = [], err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+                return value.name
     return None
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.io import atomic_write, is_no_space, no_space, sha256_of
+from clipgap_cli.io import atomic_write, sha256_of
 from clipgap_cli.versions import stack_versions
 
 MANIFEST = "manifest.json"
@@ -234,11 +234,8 @@ class Run:
                     "host": socket.gethostname(),
                     "since": datetime.now().astimezone().isoformat(timespec="seconds"),
                 }
-                try:
-                    lock.truncate(0)
-                    lock.write(json.dumps(holder).encode() + b"\n")
-                except OSError as err:
-                    raise no_space(path) if is_no_space(err) else err from None
+                lock.truncate(0)
+                lock.write(json.dumps(holder).encode() + b"\n")
                 yield lock
             finally:
                 lock.truncate(0)

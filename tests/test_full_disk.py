@@ -162,6 +162,17 @@ def test_train_keeps_its_last_checkpoint_and_resumes_once_there_is_space(disk, p
     assert not disk.leftovers()
 
 
+def test_train_with_no_room_for_its_logs(disk, prepared_run, synth_data):
+    # mmengine's own writes (its log, its scalars) fail with an error that names no file; with
+    # a log line every iteration, the disk is full within a few.
+    run = shutil.copytree(prepared_run, disk.root / "run")
+    disk.fill(leave=64 << 10)
+    args = ["train", "--run", run, "--data", synth_data, "--config", TINY, "--device", "cpu"]
+    logged = ["--max-iters", 9, "--cfg-options", "default_hooks.logger.interval=1"]
+    assert_disk_full(invoke(*args, *logged), disk, run / WORK_DIR, run)
+    assert not list((run / WORK_DIR).glob("*.pth"))
+
+
 def test_evaluate(disk, trained_run, synth_data):
     run = shutil.copytree(trained_run, disk.root / "run")
     disk.fill(leave=4096)  # room for the run lock's record, not for the evaluation

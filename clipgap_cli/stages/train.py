@@ -13,12 +13,13 @@ import argparse
 import contextlib
 import ctypes
 import importlib.util
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -32,7 +33,7 @@ from clipgap_cli.clip.split import visual_dims
 from clipgap_cli.compat import ATOMIC_BACKEND, LAST_CHECKPOINT, AtomicCheckpointHook
 from clipgap_cli.data.spec import load_run_dataset, set_dataset
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.io import TEMPORARY, atomic_write
+from clipgap_cli.io import TEMPORARY, atomic_write, is_no_space
 from clipgap_cli.models.detectors import augmentation_of, fill_model
 from clipgap_cli.rundir import OFFSETS, TEXT_EMBEDDINGS, TRAINED_CONFIG, WORK_DIR, Run
 
@@ -399,7 +400,27 @@ def run_runner(config_path: Path, device: str = "cuda") -> None:
     if cfg.launcher == "pytorch" and cpu and not torch.distributed.is_initialized():
         # mmengine's init_dist picks a CUDA device per rank; on the CPU, join the group here.
         torch.distributed.init_process_group(backend="gloo")
-    Runner.from_cfg(cfg).train()
+    with _log_files_stop_on_a_full_disk():
+        Runner.from_cfg(cfg).train()
+
+
+@contextlib.contextmanager
+def _log_files_stop_on_a_full_disk() -> Iterator[None]:
+    """Python's logging prints a traceback for each record a file handler fails to write, and
+    goes on (mmengine's log in `train/`); a full disk stops the training instead, in one line, as
+    every other write does."""
+    handle_error = logging.FileHandler.handleError
+
+    def stop_on_a_full_disk(handler: logging.FileHandler, record: logging.LogRecord) -> None:
+        if is_no_space(failed := sys.exc_info()[1]):
+            raise failed
+        handle_error(handler, record)
+
+    logging.FileHandler.handleError = stop_on_a_full_disk
+    try:
+        yield
+    finally:
+        logging.FileHandler.handleError = handle_error
 
 
 def _rank() -> int:
