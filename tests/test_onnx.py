@@ -22,7 +22,13 @@ from clipgap_cli.clip.prompts import DEFAULT_PROMPTS_FILE, read_prompts
 from clipgap_cli.data.synth import DOMAINS, synthesize
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.models.detectors import build_detector
-from clipgap_cli.models.onnx_model import OnnxDetector, check_exportable, detection_difference, read_onnx_info
+from clipgap_cli.models.onnx_model import (
+    OnnxDetector,
+    check_exportable,
+    detection_difference,
+    read_onnx_info,
+    resize_rule,
+)
 from clipgap_cli.stages.encode_prompts import encode_prompts
 from clipgap_cli.stages.export import export, export_onnx
 from clipgap_cli.stages.predict import predict
@@ -216,30 +222,34 @@ def test_onnx_refusals_are_one_line(gridclip, domain_images, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_the_resize_rule_of_a_test_pipeline():
+    load, pack = dict(type="LoadImageFromFile"), dict(type="PackDetInputs")
+    rule = resize_rule([load, dict(type="Resize", scale=(600, 1333), keep_ratio=True), pack])
+    assert rule["scale"] == [1333, 600] and rule["scale_factor"] is None and "min(1333 / " in rule["rule"]
+    assert resize_rule([load, pack]) == {"scale": None, "scale_factor": 1.0, "rule": "no resize"}
+    refused = {
+        "RandomFlip": [load, dict(type="RandomFlip", prob=0.5), pack],
+        "keeps the aspect ratio": [load, dict(type="Resize", scale=(600, 1333), keep_ratio=False)],
+        "bilinear": [load, dict(type="Resize", scale_factor=0.5, keep_ratio=True, interpolation="nearest")],
+    }
+    for message, pipeline in refused.items():
+        with pytest.raises(ClipgapError, match=message):
+            resize_rule(pipeline)
+
+
 def test_a_detector_without_a_graph_is_refused():
     with pytest.raises(ClipgapError, match="exports GridCLIP and FasterRCNN detectors, not RetinaNet"):
         check_exportable("RetinaNet")
 
 
-@pytest.mark.parametrize("command", ["export", "predict"])
-def test_a_missing_onnx_package_is_one_line(gridclip, domain_images, tmp_path, command):
+@pytest.mark.parametrize("hidden", ["onnx", "onnxruntime"])
+def test_a_missing_onnx_package_is_one_line(gridclip, domain_images, tmp_path, monkeypatch, hidden):
     run, _, model = gridclip
-    args = {
-        "export": ["export", "--run", str(run), "--out", str(tmp_path / "m.onnx"), "--format", "onnx"],
-        "predict": [
-            "predict",
-            str(model),
-            str(domain_images["daytime_clear"][0]),
-            "--out",
-            str(tmp_path / "p"),
-        ],
-    }[command]
-    hidden = "onnx" if command == "export" else "onnxruntime"
-    script = f"import sys; sys.modules[{hidden!r}] = None; sys.argv = {['clipgap', *args]!r}\n" + (
-        "from clipgap_cli.cli import main; main()"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert proc.returncode == 1, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "pip install 'clipgap[onnx]'" in lines[0]
-    assert hidden in lines[0] and not (tmp_path / "m.onnx").exists()
+    monkeypatch.setitem(sys.modules, hidden, None)  # `import` of it now fails, as when not installed
+    result = invoke("export", "--run", run, "--out", tmp_path / "m.onnx", "--format", "onnx")
+    assert_one_line_error(result, f"need the {hidden} package", "pip install 'clipgap[onnx]'")
+    assert not (tmp_path / "m.onnx").exists()
+    if hidden == "onnxruntime":  # predict needs onnxruntime alone
+        result = invoke("predict", model, domain_images["daytime_clear"][0], "--out", tmp_path / "p")
+        assert_one_line_error(result, "need the onnxruntime package", "pip install 'clipgap[onnx]'")
+        assert not (tmp_path / "p").exists()
