@@ -69,12 +69,11 @@ def export(
         require("onnx", "onnxruntime")
     run = Run.open(run_path)
     text = load_text_embeddings(run)
-    cfg = Config.fromfile(str(run_config(run)))
-    if format == "onnx":
-        check_exportable(cfg.model.type)
     weights = find_checkpoint(run, checkpoint)
+    cfg = Config.fromfile(str(run_config(run)))
     out = Path(out)
     if format == "onnx":
+        check_exportable(cfg.model.type)
         _check_onnx_out(out, force)
     elif out.exists() and not (out.is_dir() and (force or not any(out.iterdir()))):
         what = "a file" if not out.is_dir() else "not empty"
