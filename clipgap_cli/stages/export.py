@@ -13,6 +13,9 @@ A bundle is a directory of four files:
     README.md    how to run it.
 `mmdet.apis.DetInferencer(model="config.py", weights="model.pth")` runs it wherever clipgap
 is installed (its config imports `clipgap_cli.models`, the registered components).
+
+With `--format onnx` the detector built from that config becomes one ONNX graph for
+onnxruntime, `MODEL.onnx`, with `MODEL.json` beside it (`clipgap_cli.models.onnx_model`).
 """
 
 from __future__ import annotations
