@@ -375,12 +375,18 @@ def write_onnx(detector: nn.Module, cfg: Any, path: Path, info: Mapping[str, Any
     own detections on a probe image. Returns the json's content."""
     require("onnx", "onnxruntime")
     import onnx
+    import onnxruntime
 
     graph = onnx_graph(detector)
     preprocessor = cfg.model.data_preprocessor
     meta = {
         "format": ONNX_FORMAT,
         **info,
+        "versions": {
+            **info.get("versions", {}),
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
         "model": path.name,
         "opset": OPSET,
         "inputs": {
