@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from clipgap_cli.data.synth import DOMAINS, JPEG_QUALITY, VOC_DIR, synthesize
-from clipgap_cli.rundir import atomic_write
+from clipgap_cli.io import atomic_write
 
 
 def _rewrite(voc_root: Path, out: Path) -> float:

@@ -72,7 +72,8 @@ def main(out: Path) -> None:
 
     from clipgap_cli.clip.prompts import DEFAULT_PROMPTS_FILE, read_prompts
     from clipgap_cli.data.synth import synthesize
-    from clipgap_cli.rundir import Run, atomic_write
+    from clipgap_cli.io import atomic_write
+    from clipgap_cli.rundir import Run
     from clipgap_cli.stages.encode_prompts import encode_prompts
     from clipgap_cli.stages.export import export
     from clipgap_cli.stages.optimize_augs import optimize_augs

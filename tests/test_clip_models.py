@@ -13,8 +13,8 @@ from clipgap_cli.clip import model as clip_model
 from clipgap_cli.clip.model import clip_identity, default_pretrained, load_clip
 from clipgap_cli.clip.split import v_a, v_b
 from clipgap_cli.errors import ClipgapError
+from clipgap_cli.io import sha256_of
 from clipgap_cli.models import CLIPResLayer4Head, CLIPResNetBackbone, ClipRoIFeatures
-from clipgap_cli.rundir import sha256_of
 
 TINY = dict(name="RN-tiny", pretrained=None)
 

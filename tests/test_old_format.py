@@ -10,8 +10,9 @@ from mmengine.config import Config
 from old_format import DETECTORS, FIXTURES, IMAGE, state_dict
 
 from clipgap_cli.artifacts import BUNDLE_CONFIG, BUNDLE_INFO, BUNDLE_WEIGHTS, decode_tensor
+from clipgap_cli.io import sha256_of
 from clipgap_cli.models.detectors import build_detector
-from clipgap_cli.rundir import Run, sha256_of
+from clipgap_cli.rundir import Run
 from clipgap_cli.stages.optimize_augs import optimize_augs
 from clipgap_cli.stages.predict import predict
 from clipgap_cli.stages.train import CONFIGS, compose_config

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from clipgap_cli.cli import app
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.rundir import MANIFEST, OFFSETS, RUN_LOCK, TEXT_EMBEDDINGS, Run, sha256_of
+from clipgap_cli.io import sha256_of
+from clipgap_cli.rundir import MANIFEST, OFFSETS, RUN_LOCK, TEXT_EMBEDDINGS, Run
 
 RN101 = {"model": "RN101", "pretrained": "openai", "sha256": None}
 RN50 = {"model": "RN50", "pretrained": "openai", "sha256": None}
