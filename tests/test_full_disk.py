@@ -182,8 +182,9 @@ def test_evaluate(disk, trained_run, synth_data):
     assert_disk_full(result, disk, run / "eval", run)
 
 
-def test_export(disk, trained_run):
-    disk.fill()
+@pytest.mark.parametrize("leave", [0, 64 << 10], ids=["full", "room-for-the-config-only"])
+def test_export(disk, trained_run, leave):
+    disk.fill(leave=leave)
     result = invoke("export", "--run", trained_run, "--out", disk.root / "bundle")
     assert_disk_full(result, disk, disk.root / "bundle", trained_run)
     assert not (disk.root / "bundle").exists()

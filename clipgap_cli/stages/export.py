@@ -45,9 +45,10 @@ from clipgap_cli.artifacts import (
     run_config,
 )
 from clipgap_cli.errors import ClipgapError
+from clipgap_cli.io import atomic_write, sha256_of
 from clipgap_cli.models.detectors import build_detector, self_contained_model
 from clipgap_cli.models.onnx_model import check_exportable, require, sidecar_path, write_onnx
-from clipgap_cli.rundir import Run, describe_clip, sha256_of
+from clipgap_cli.rundir import Run, describe_clip
 from clipgap_cli.versions import stack_versions
 
 FORMATS = ("bundle", "onnx")
@@ -108,7 +109,9 @@ def export(
         staging.mkdir()  # with the umask's mode, as the bundle directory should have
         (staging / BUNDLE_CONFIG).write_text(config_text, encoding="utf-8")
         meta = {"dataset_meta": {"classes": classes}, "iter": info["checkpoint"]["iter"]}
-        torch.save({"meta": meta, "state_dict": state_dict}, staging / BUNDLE_WEIGHTS)
+        # Through atomic_write: torch's writer reports a full disk as a bare RuntimeError.
+        bundle_weights = {"meta": meta, "state_dict": state_dict}
+        atomic_write(staging / BUNDLE_WEIGHTS, lambda tmp: torch.save(bundle_weights, tmp))
         _check_loads(staging)
         info["files"] = {name: sha256_of(staging / name) for name in (BUNDLE_CONFIG, BUNDLE_WEIGHTS)}
         (staging / BUNDLE_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
