@@ -44,10 +44,16 @@ def pretrain_command(
     looks_per_scene: Annotated[
         int, typer.Option(help="Conditions each scene is rendered under.", callback=options.count)
     ] = _DEFAULTS.looks_per_scene,
+    full_strength: Annotated[
+        float,
+        typer.Option(
+            help="The share of the showings at full strength (severity 1).", callback=options.probability
+        ),
+    ] = _DEFAULTS.full_strength,
     min_severity: Annotated[
         float,
         typer.Option(
-            help="Each showing of a condition is drawn at a strength from this to 1 (0: the clear day, "
+            help="The other showings are drawn at a strength from this to 1 (0: the clear day, "
             "1: the full condition).",
             callback=options.probability,
         ),
@@ -87,6 +93,7 @@ def pretrain_command(
         seed=seed,
         scenes=scenes,
         looks_per_scene=looks_per_scene,
+        full_strength=full_strength,
         min_severity=min_severity,
         crops_per_image=crops_per_image,
         steps=steps,

@@ -39,10 +39,11 @@ class Recipe:
     seed: int = 0
     scenes: int = 1000  # planned scenes, each shown under `looks_per_scene` conditions
     looks_per_scene: int = 4
-    min_severity: float = 0.25  # each showing's condition strength is drawn from [min_severity, 1]
+    full_strength: float = 0.25  # the share of showings at full strength (severity 1)
+    min_severity: float = 0.25  # the others' strength is drawn uniformly from [min_severity, 1]
     crops_per_image: int = 2  # object crops per rendered image: one with context, one tight
     render_size: int = 192  # scenes are rendered at this size, then resized to the CLIP input
-    steps: int = 1200
+    steps: int = 1500
     batch_size: int = 128
     lr: float = 2e-3  # the peak, after the warm-up
     warmup: float = 0.1  # fraction of the steps spent warming up
@@ -90,6 +91,7 @@ def pretrain(out: Path, recipe: Recipe = Recipe(), progress: Progress | None = N
         image_size=image_size,
         crops_per_image=recipe.crops_per_image,
         min_severity=recipe.min_severity,
+        full_strength=recipe.full_strength,
         progress=progress and (lambda done, total: progress("render", done, total, None)),
     )
     images = torch.from_numpy(np.stack([s.pixels for s in samples])).permute(0, 3, 1, 2).contiguous()
@@ -207,7 +209,10 @@ def _check(recipe: Recipe) -> None:
         value = getattr(recipe, name)
         if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
             raise ClipgapError(f"--{name.replace('_', '-')} {value} is out of range; give a finite value > 0")
-    if not 0 <= recipe.min_severity <= 1:
-        raise ClipgapError(f"--min-severity {recipe.min_severity} is out of range; use 0 to 1")
+    for name in ("min_severity", "full_strength"):
+        if not 0 <= getattr(recipe, name) <= 1:
+            raise ClipgapError(
+                f"--{name.replace('_', '-')} {getattr(recipe, name)} is out of range; use 0 to 1"
+            )
     if not 0 < recipe.min_crop <= 1 or not 0 <= recipe.warmup < 1:
         raise ClipgapError("--min-crop must be in (0, 1] and the warm-up fraction in [0, 1)")

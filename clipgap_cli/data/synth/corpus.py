@@ -2,7 +2,8 @@
 
 Each planned scene is rendered once and shown under several conditions of the grid, so that
 content and condition vary independently, and each showing draws its condition's strength
-(`looks.at_severity`) from [min_severity, 1], as real photos show drizzle as well as storms.
+(`looks.at_severity`): full, or drawn from [min_severity, 1], as real photos show drizzle as
+well as storms.
 A whole scene is captioned with its condition, in the prompts' own wording ("an image taken
 on a rain night"; "an image taken during the day" for a clear day) or a paraphrase ("a street
 on a rainy night"; "a road in light rain at night" for a mild one), half the time with the
@@ -114,13 +115,15 @@ def render_corpus(
     image_size: int,
     crops_per_image: int,
     min_severity: float = 1.0,
+    full_strength: float = 0.0,
     stream: int = CORPUS_STREAM,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Sample]:
     """Render `scenes` scenes at `render_size` px, each under `looks_per_scene` conditions dealt
-    from shuffled decks of the 18 (so the corpus is balanced) at severities drawn uniformly
-    from [`min_severity`, 1], as whole scenes resized to `image_size` px plus up to
-    `crops_per_image` object crops each: with context and tight, in turn."""
+    from shuffled decks of the 18 (so the corpus is balanced), a `full_strength` share of them
+    at full strength and the others at severities drawn uniformly from [`min_severity`, 1], as
+    whole scenes resized to `image_size` px plus up to `crops_per_image` object crops each:
+    with context and tight, in turn."""
     deck, conditions = Deck(rng_for(stream, seed, 0)), _ConditionDeck(rng_for(stream, seed, 1))
     samples: list[Sample] = []
     for s in range(scenes):
@@ -128,7 +131,8 @@ def render_corpus(
         labels = [label for label, _ in rendered.boxes]
         for k in range(looks_per_scene):
             c = conditions.next()
-            severity = float(rng_for(stream, seed, 4, s, k).uniform(min_severity, 1.0))
+            strength = rng_for(stream, seed, 4, s, k)
+            severity = 1.0 if strength.random() < full_strength else float(strength.uniform(min_severity, 1))
             rng = rng_for(stream, seed, 3, s, k)
             pixels = apply_look(at_severity(CONDITION_LOOKS[CONDITIONS[c]], severity), rendered, rng)
             said = condition_captions(CONDITIONS[c], severity)
