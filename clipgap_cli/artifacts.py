@@ -228,6 +228,17 @@ class Bundle:
         return list(self.info["classes"])
 
 
+def exported_info(path: Path) -> dict[str, Any]:
+    """The json `export` wrote beside a model (a bundle's or an ONNX model's), with its
+    "format"; one line if it cannot be read."""
+    try:
+        info = json.loads(Path(path).read_text(encoding="utf-8"))
+        info["format"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ClipgapError(f"{path} is corrupt; export the model again") from None
+    return info
+
+
 def load_bundle(path: Path) -> Bundle:
     """The bundle at `path`, after checking that this clipgap reads its format and that its
     files are the ones it was exported with."""
@@ -236,11 +247,8 @@ def load_bundle(path: Path) -> Bundle:
         raise ClipgapError(
             f"{path} is not a clipgap bundle: it has no {BUNDLE_INFO} (make one with `clipgap export`)"
         )
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        version = info["format"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise ClipgapError(f"{info_path} is corrupt; export the model again") from None
+    info = exported_info(info_path)
+    version = info["format"]
     if version != BUNDLE_FORMAT:
         made_by = (info.get("versions") or {}).get("clipgap", "another version")
         raise ClipgapError(

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.onnx.operators import shape_as_tensor
 
+from clipgap_cli.artifacts import exported_info
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.rundir import atomic_write, sha256_of
+from clipgap_cli.io import atomic_write, sha256_of
 
 ONNX_FORMAT = 1
 OPSET = 17
@@ -549,11 +550,8 @@ def read_onnx_info(path: Path) -> dict[str, Any]:
         raise ClipgapError(f"{path} does not exist; export one with `clipgap export --format onnx`")
     if not sidecar.is_file():
         raise ClipgapError(f"{path} has no {sidecar.name} beside it; export the model again")
-    try:
-        info = json.loads(sidecar.read_text(encoding="utf-8"))
-        version = info["format"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise ClipgapError(f"{sidecar} is corrupt; export the model again") from None
+    info = exported_info(sidecar)
+    version = info["format"]
     if version != ONNX_FORMAT:
         raise ClipgapError(
             f"{sidecar} is of format {version}; this clipgap reads format {ONNX_FORMAT}: "
