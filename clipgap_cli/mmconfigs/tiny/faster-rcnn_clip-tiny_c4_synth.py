@@ -28,10 +28,7 @@ model = dict(
 )
 
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False)
-# Validation and evaluation 8 images at a time: 3 to 5 times faster per image on the CPU
-# (benchmarks/train_profile.py), with the same boxes, as the synthetic images share one size
-# and so need no padding.
-val_dataloader = dict(batch_size=8, num_workers=0, persistent_workers=False)
+val_dataloader = dict(num_workers=0, persistent_workers=False)
 test_dataloader = val_dataloader
 
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=200, val_interval=50)
