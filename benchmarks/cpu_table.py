@@ -242,10 +242,12 @@ def summarise(built: dict, rows: list[str], seeds: list[int]) -> dict:
     return {"domains": domains, "targets": targets, "images": sizes, "rows": table}
 
 
-def retention(summary: dict, row: str = BASELINE) -> dict[str, float]:
+def retention(summary: dict, row: str = BASELINE) -> dict[str, float | None]:
     """The share of the row's source AP50 each target keeps (mean over seeds), and their mean."""
     source = summary["domains"][0]
     scores = summary["rows"][row]
+    if scores[source][0] == 0:  # nothing learned on the source: no share of it to keep
+        return {d: None for d in [*summary["targets"], "targets"]}
     kept = {d: scores[d][0] / scores[source][0] for d in summary["targets"]}
     return kept | {"targets": scores["targets"][0] / scores[source][0]}
 
@@ -273,6 +275,10 @@ def diagnostic(augs: dict) -> list[dict]:
             }
         )
     return out
+
+
+def _share(kept: float | None) -> str:
+    return "– (source AP50 0)" if kept is None else f"{100 * kept:.0f} %"
 
 
 def _pm(value: tuple[float, float], digits: int = 1) -> str:
@@ -394,8 +400,8 @@ def table(args: argparse.Namespace, setting: Setting) -> None:
     if kept:
         md += [
             "The baseline keeps "
-            + ", ".join(f"{d} {100 * v:.0f} %" for d, v in kept.items() if d != "targets")
-            + f" of its source AP50 (targets' mean {100 * kept['targets']:.0f} %).",
+            + ", ".join(f"{d} {_share(v)}" for d, v in kept.items() if d != "targets")
+            + f" of its source AP50 (targets' mean {_share(kept['targets'])}).",
             "",
         ]
     for mode, domains in diag.items():
@@ -441,7 +447,7 @@ def calibrate(args: argparse.Namespace, setting: Setting) -> None:
         kept = retention(summary)
         summaries[severity] = {"summary": summary, "retention": kept}
         md += [f"## severity {severity:g}", "", *table_markdown(summary, [BASELINE]), ""]
-        md += ["kept: " + ", ".join(f"{d} {100 * v:.0f} %" for d, v in kept.items()), ""]
+        md += ["kept: " + ", ".join(f"{d} {_share(v)}" for d, v in kept.items()), ""]
     md += [built_in(start)]
     write(args.out, "severity-calibration", {"seeds": args.seeds, "severities": summaries}, md)
     print("\n".join(md))
