@@ -9,8 +9,9 @@ It renders the benchmark (`clipgap data synth`), then for each seed runs the sta
 user would, through their library functions: `encode-prompts` (RN-synth, the 15 default
 prompts), `optimize-augs` (seeded), and for each row `train` (same seed, the row's config)
 and `evaluate --domain all` (the checkpoint with the best source AP50, as the reference
-selects it). Every run directory stays under --work, and a cell whose evaluation exists is
-not run again: an interrupted table resumes where it stopped. See docs/reproducing.md.
+selects it). Every run directory stays under --work, one directory per severity, and a cell
+whose evaluation exists is not run again: an interrupted table resumes where it stopped, and
+the table reuses the calibration's baseline cells at its severity. See docs/reproducing.md.
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ BASELINE = "linear"
 class Setting:
     """What the whole table shares: the benchmark and the optimize-augs schedule."""
 
-    images_per_domain: int = 200
-    size: int = 160
+    images_per_domain: int = 200  # a target's train list, which it is scored on: 150 images
+    source_images: int = 600  # the source's test list: 150 images
+    size: int = 256  # the C4 detector's stride-16 map resolves the smallest objects (about 26 px)
     severity: float | None = None  # None: `data synth`'s default
     data_seed: int = 0
     aug_iters: int = 200
@@ -91,12 +93,13 @@ class Setting:
         return dict(
             seed=self.data_seed,
             images_per_domain=self.images_per_domain,
+            source_images=self.source_images,
             size=self.size,
             severity=SEVERITY if self.severity is None else self.severity,
         )
 
 
-QUICK = Setting(images_per_domain=12, size=96, aug_iters=2, aug_crops=6, max_iters=4)
+QUICK = Setting(images_per_domain=12, source_images=12, size=96, aug_iters=2, aug_crops=6, max_iters=4)
 
 
 def prepare_data(work: Path, setting: Setting) -> Path:
@@ -122,6 +125,7 @@ def prepare_seed(
     from clipgap_cli.stages.encode_prompts import encode_prompts
     from clipgap_cli.stages.optimize_augs import optimize_augs
 
+    _threads()
     name = "prompts-bn-eval" if bn_mode == "eval" else "prompts"
     run = work / f"seed{seed}" / (name if pretrained == "synth" else f"{name}-{pretrained}")
     encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-synth", pretrained=pretrained)
@@ -131,16 +135,29 @@ def prepare_seed(
     return run
 
 
+def _threads() -> None:
+    """The torch threads of a worker: 2 // --jobs, so that the cells never oversubscribe the cores."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("CLIPGAP_TABLE_THREADS", "2")))
+
+
+def severity_dir(work: Path, setting: Setting) -> Path:
+    """Where the table and the calibration keep one severity's benchmark and cells: the
+    calibration's baseline cells at the default severity are the table's."""
+    from clipgap_cli.data.synth import SEVERITY
+
+    return work / f"severity-{SEVERITY if setting.severity is None else setting.severity:g}"
+
+
 def run_cell(prepared: Path, cell: Path, data: Path, row: Row, seed: int, max_iters: int | None) -> dict:
     """Train and evaluate one row for one seed in the run directory `cell` (a copy of
     `prepared`); returns the evaluation report (and keeps it as `cell/result.json`)."""
-    import torch
-
     from clipgap_cli.rundir import atomic_write
     from clipgap_cli.stages.evaluate import evaluate
     from clipgap_cli.stages.train import Launch, resolve_config, train
 
-    torch.set_num_threads(int(os.environ.get("CLIPGAP_TABLE_THREADS", "2")))
+    _threads()
     done = cell / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -168,23 +185,26 @@ def build(work: Path, rows: list[str], seeds: list[int], setting: Setting, jobs:
         row = ROWS[r]
         return (row.bn_mode or modes[0]) if row.pretrained == "synth" else None, row.pretrained
 
-    needed = dict.fromkeys(prepared_for(r) for r in rows)
-    prepared = {(s, *k): prepare_seed(work, data, s, setting, *k) for s in seeds for k in needed}
-    prepared_at = time.perf_counter()
+    needed = [(s, *k) for s in seeds for k in dict.fromkeys(prepared_for(r) for r in rows)]
     cells = {(r, s): work / f"seed{s}" / r for r in rows for s in seeds}
     os.environ["CLIPGAP_TABLE_THREADS"] = str(max(1, 2 // jobs))
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool, _progress() as bar:
-        futures = {
-            pool.submit(run_cell, prepared[s, *prepared_for(r)], cell, data, ROWS[r], s, setting.max_iters): (
-                r,
-                s,
-            )  # fmt: skip
-            for (r, s), cell in cells.items()
-        }
-        task = bar.add_task("cells (row x seed)", total=len(futures))
+        # The seeds' prompts and offsets first, as many at once as cells.
+        task = bar.add_task("prepared runs (seed x mode)", total=len(needed))
+        jobs_of = {pool.submit(prepare_seed, work, data, s, setting, *k): (s, *k) for s, *k in needed}
+        prepared = {}
+        for future in as_completed(jobs_of):
+            prepared[jobs_of[future]] = future.result()
+            bar.advance(task)
+        prepared_at = time.perf_counter()
+        cell_of = {}
+        for (r, s), cell in cells.items():
+            run = prepared[s, *prepared_for(r)]
+            cell_of[pool.submit(run_cell, run, cell, data, ROWS[r], s, setting.max_iters)] = (r, s)
+        task = bar.add_task("cells (row x seed)", total=len(cell_of))
         results = {}
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
+        for future in as_completed(cell_of):
+            results[cell_of[future]] = future.result()
             bar.advance(task)
         results = {key: results[key] for key in cells}
     augs = {  # BatchNorm mode -> seed -> the optimize-augs diagnostic
@@ -383,7 +403,7 @@ def write(out: Path, name: str, payload: dict, markdown: list[str]) -> None:
 
 def table(args: argparse.Namespace, setting: Setting) -> None:
     start = cpu_seconds()
-    built = build(args.work, args.rows, args.seeds, setting, args.jobs)
+    built = build(severity_dir(args.work, setting), args.rows, args.seeds, setting, args.jobs)
     summary = summarise(built, args.rows, args.seeds)
     diag = {mode: diagnostic(augs) for mode, augs in built["augs"].items()}
     kept = retention(summary) if BASELINE in args.rows else {}
@@ -442,7 +462,7 @@ def calibrate(args: argparse.Namespace, setting: Setting) -> None:
     start = cpu_seconds()
     for severity in args.calibrate:
         level = replace(setting, severity=severity)
-        built = build(args.work / f"severity-{severity:g}", [BASELINE], args.seeds, level, args.jobs)
+        built = build(severity_dir(args.work, level), [BASELINE], args.seeds, level, args.jobs)
         summary = summarise(built, [BASELINE], args.seeds)
         kept = retention(summary)
         summaries[severity] = {"summary": summary, "retention": kept}

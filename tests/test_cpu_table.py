@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from clipgap_cli.data.synth import SEVERITY
 from clipgap_cli.rundir import TEXT_EMBEDDINGS, Run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,13 +37,14 @@ def test_the_table_command_writes_every_output_and_resumes(tmp_path):
     assert "| linear classifier (source-only baseline) |" in markdown and "| night_rainy |" in markdown
     assert "| no CLIP pretraining (random RN-synth weights, linear classifier) |" in markdown
     # The no-CLIP row's run names the random CLIP it was trained on.
-    no_clip = Run.open(tmp_path / "work" / "seed0" / "no-clip").verified(TEXT_EMBEDDINGS).clip
+    work = tmp_path / "work" / f"severity-{SEVERITY:g}"  # one directory per severity
+    no_clip = Run.open(work / "seed0" / "no-clip").verified(TEXT_EMBEDDINGS).clip
     assert no_clip == {"model": "RN-synth", "pretrained": None, "sha256": None}
     assert markdown.splitlines()[6] in done.stdout  # the table is printed as written
     assert (out / "cpu-table.png").read_bytes().startswith(b"\x89PNG")
 
     # Every cell is kept: a second run trains nothing and gives the same table.
-    cell = tmp_path / "work" / "seed0" / "linear" / "result.json"
+    cell = work / "seed0" / "linear" / "result.json"
     stamp = cell.stat().st_mtime_ns
     again = subprocess.run(command, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr[-3000:]

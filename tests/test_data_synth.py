@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from clipgap_cli.cli import app
 from clipgap_cli.data.convert import DWD_CLASSES, DWD_DOMAINS, convert_voc
 from clipgap_cli.data.spec import SPEC_NAME, load_spec, set_dataset
+from clipgap_cli.data.synth import VOC_DIR as VOC
 from clipgap_cli.data.synth import render_preview, synthesize
 from clipgap_cli.data.synth.looks import LOOKS, at_severity
 from clipgap_cli.errors import ClipgapError
@@ -153,6 +154,22 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(out, tmp_path)
     assert {n for n in ours if n.endswith((".jpg", ".xml"))} <= changed
 
 
+def test_more_source_images_extend_the_default_source_and_leave_the_targets_alone(out, tmp_path):
+    more = tmp_path / "more"
+    synthesize(more, seed=0, images_per_domain=IMAGES, size=SIZE, source_images=2 * IMAGES)
+    ours, theirs = _files(out), _files(more)
+    assert {n: h for n, h in theirs.items() if "daytime_clear" not in n} == {
+        n: h for n, h in ours.items() if "daytime_clear" not in n
+    }
+    images = f"{VOC}/daytime_clear/VOC2007/JPEGImages"
+    assert all(theirs[f"{images}/{i:06d}.jpg"] == ours[f"{images}/{i:06d}.jpg"] for i in range(IMAGES))
+    assert len([n for n in theirs if n.startswith(images)]) == 2 * IMAGES
+    splits = more / VOC / "daytime_clear" / "VOC2007" / "ImageSets" / "Main"
+    assert [len((splits / f"{s}.txt").read_text().split()) for s in ("train", "test")] == [12, 4]
+    coco = json.loads((more / "annotations" / "daytime_clear_test.json").read_text())
+    assert len(coco["images"]) == 4
+
+
 def test_converting_the_voc_tree_again_reproduces_the_coco_json(out, tmp_path):
     convert_voc(out / "voc", tmp_path)
     assert _files(tmp_path / "annotations") == _files(out / "annotations")
@@ -171,6 +188,7 @@ def test_preview_shows_every_domain_and_is_deterministic():
         (dict(size=32), "--size 32 is out of range"),
         (dict(seed=-1), "--seed -1 is negative"),
         (dict(severity=1.5), "--severity 1.5 is out of range"),
+        (dict(source_images=1), "--source-images 1 is too few"),
     ],
 )
 def test_bad_arguments_fail_clearly(tmp_path, kwargs, message):

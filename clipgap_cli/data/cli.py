@@ -102,6 +102,14 @@ def synth(
             callback=options.probability,
         ),
     ] = SEVERITY,
+    source_images: Annotated[
+        int | None,
+        typer.Option(
+            help="Images of the source domain (daytime_clear), for a larger source test list; "
+            "the first --images-per-domain of them are the default's. Default: --images-per-domain.",
+            callback=options.integer(2),
+        ),
+    ] = None,
     preview: Annotated[
         Path | None,
         typer.Option(
@@ -122,6 +130,7 @@ def synth(
             images_per_domain=images_per_domain,
             size=size,
             severity=severity,
+            source_images=source_images,
             progress=progress,
         )
     elapsed = time.perf_counter() - start
@@ -133,7 +142,7 @@ def synth(
     for domain, counts in report.counts.items():
         table.add_row(domain, *map(str, counts))
     console.print(table)
-    images = images_per_domain * len(report.counts)
+    images = images_per_domain * (len(report.counts) - 1) + (source_images or images_per_domain)
     console.print(f"rendered {images} images in {elapsed:.1f} s ({images / elapsed:.0f} images/s)")
     if preview:
         grid = render_preview(seed=seed, size=size, severity=severity)

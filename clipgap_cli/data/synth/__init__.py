@@ -57,6 +57,7 @@ def synthesize(
     images_per_domain: int = 200,
     size: int = 256,
     severity: float = SEVERITY,
+    source_images: int | None = None,
     progress: Progress | None = None,
 ) -> SynthReport:
     """Render the benchmark into `out`: a Diverse Weather VOC tree, its COCO json and the spec.
@@ -65,27 +66,32 @@ def synthesize(
     (square `size` px JPEGs; the first 75% of each domain's images are `train`), then
     converts that tree with `convert_voc` into `out/annotations/` and `out/clipgap-data.json`.
     The target domains are drawn at `severity` (`looks.at_severity`); the source, the clear
-    day, is the same at any severity.
+    day, is the same at any severity. `source_images` (default `images_per_domain`) gives the
+    source domain another count, e.g. for a larger source test list; its first
+    `images_per_domain` images are those of the default.
     """
     out = Path(out)
-    _check_arguments(out, seed, images_per_domain, size, severity)
+    source_images = images_per_domain if source_images is None else source_images
+    _check_arguments(out, seed, images_per_domain, size, severity, source_images)
     voc_root = out / VOC_DIR
-    total, counts = images_per_domain * len(DOMAINS), {}
+    counts = {domain: source_images if d == 0 else images_per_domain for d, domain in enumerate(DOMAINS)}
+    total, done = sum(counts.values()), 0
     looks = _looks(severity)
     for d, domain in enumerate(DOMAINS):
         voc = voc_root / domain / "VOC2007"
         deck = Deck(rng_for(seed, d))
         per_class = [0] * len(CLASSES)
-        for i in range(images_per_domain):
+        for i in range(counts[domain]):
             rendered = render_scene(plan_scene(size, deck, (seed, d, i)))
             pixels = apply_look(looks[domain], rendered, rng_for(seed, d, i, 1))
             write_image(voc, f"{i:06d}", pixels, rendered.boxes)
             for label, _ in rendered.boxes:
                 per_class[label] += 1
+            done += 1
             if progress:
-                progress(d * images_per_domain + i + 1, total)
+                progress(done, total)
+        write_splits(voc, counts[domain])
         counts[domain] = tuple(per_class)
-        write_splits(voc, images_per_domain)
     return SynthReport(convert_voc(voc_root, out), counts)
 
 
@@ -121,7 +127,9 @@ def render_preview(
     return grid.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG)
 
 
-def _check_arguments(out: Path, seed: int, images_per_domain: int, size: int, severity: float) -> None:
+def _check_arguments(
+    out: Path, seed: int, images_per_domain: int, size: int, severity: float, source_images: int
+) -> None:
     if out.exists() and not out.is_dir():
         raise ClipgapError(f"{out} is a file; choose a directory for the synthetic dataset")
     if seed < 0:
@@ -129,6 +137,10 @@ def _check_arguments(out: Path, seed: int, images_per_domain: int, size: int, se
     if images_per_domain < 2:
         raise ClipgapError(
             f"--images-per-domain {images_per_domain} is too few: each domain needs a train and a test image"
+        )
+    if source_images < 2:
+        raise ClipgapError(
+            f"--source-images {source_images} is too few: the source needs a train and a test image"
         )
     if not SIZES[0] <= size <= SIZES[1]:
         raise ClipgapError(f"--size {size} is out of range; use {SIZES[0]} to {SIZES[1]} pixels")
