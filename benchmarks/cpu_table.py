@@ -186,7 +186,9 @@ def build(work: Path, rows: list[str], seeds: list[int], setting: Setting, jobs:
         return (row.bn_mode or modes[0]) if row.pretrained == "synth" else None, row.pretrained
 
     needed = [(s, *k) for s in seeds for k in dict.fromkeys(prepared_for(r) for r in rows)]
-    cells = {(r, s): work / f"seed{s}" / r for r in rows for s in seeds}
+    # The baseline's cells first: the severity is checked on them before any other row's result.
+    order = sorted(rows, key=lambda r: r != BASELINE)
+    cells = {(r, s): work / f"seed{s}" / r for r in order for s in seeds}
     os.environ["CLIPGAP_TABLE_THREADS"] = str(max(1, 2 // jobs))
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool, _progress() as bar:
         # The seeds' prompts and offsets first, as many at once as cells.
@@ -361,7 +363,8 @@ def write_chart(path: Path, summary: dict, rows: list[str]) -> None:
 
 def command() -> str:
     """This command as run, less where it keeps its files (--work, --out)."""
-    words, skip = ["python", "benchmarks/cpu_table.py"], False
+    script = Path(sys.argv[0]).resolve()
+    words, skip = ["python", str(script.relative_to(ROOT) if script.is_relative_to(ROOT) else script)], False
     for word in sys.argv[1:]:
         if not skip and word not in ("--work", "--out"):
             words.append(word)

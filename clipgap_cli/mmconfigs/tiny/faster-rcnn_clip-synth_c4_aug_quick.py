@@ -10,3 +10,4 @@ param_scheduler = [
     dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=50),
     dict(type="MultiStepLR", by_epoch=False, begin=0, end=400, milestones=[320], gamma=0.1),
 ]
+default_hooks = dict(checkpoint=dict(interval=200))
