@@ -160,7 +160,7 @@ def run_cell(prepared: Path, cell: Path, data: Path, row: Row, seed: int, max_it
     _threads()
     done = cell / "result.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return json.loads(done.read_text()) | {"kept": True}
     shutil.rmtree(cell, ignore_errors=True)
     shutil.copytree(prepared, cell)
     start = time.perf_counter()
@@ -398,6 +398,19 @@ def built_in(start: tuple[float, float, float]) -> str:
     )
 
 
+def kept_note(reports: list[dict]) -> str:
+    """What the `Built in` line leaves out when cells were kept from an earlier, interrupted
+    build: how many, and the training and evaluation time they took then."""
+    kept = [r for r in reports if r.get("kept")]
+    if not kept:
+        return ""
+    minutes = sum(r["seconds"]["train"] + r["seconds"]["evaluate"] for r in kept) / 60
+    return (
+        f" {len(kept)} of {len(reports)} cells were kept from an earlier build; they had taken "
+        f"{minutes:.1f} min of training and evaluation, summed over the cells."
+    )
+
+
 def write(out: Path, name: str, payload: dict, markdown: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
@@ -439,9 +452,8 @@ def table(args: argparse.Namespace, setting: Setting) -> None:
             *diagnostic_markdown(domains),
             "",
         ]
-    md += [
-        f"Setting: {json.dumps(built['setting'])}. {built_in(start)}",
-    ]
+    footer = built_in(start) + kept_note(list(built["results"].values()))
+    md += [f"Setting: {json.dumps(built['setting'])}. {footer}"]
     payload = {"setting": built["setting"], "seeds": args.seeds, "summary": summary, "retention": kept,
                "diagnostic": diag.get("train", []), "seconds": built["seconds"]}  # fmt: skip
     payload |= {f"diagnostic_bn_{mode}": domains for mode, domains in diag.items() if mode != "train"}
@@ -454,7 +466,7 @@ def calibrate(args: argparse.Namespace, setting: Setting) -> None:
     """The baseline row alone, at each severity: how much of its source AP50 the targets keep."""
     from dataclasses import replace
 
-    summaries = {}
+    summaries, reports = {}, []
     md = [
         "# Calibrating the synthetic benchmark's severity",
         "",
@@ -466,12 +478,13 @@ def calibrate(args: argparse.Namespace, setting: Setting) -> None:
     for severity in args.calibrate:
         level = replace(setting, severity=severity)
         built = build(severity_dir(args.work, level), [BASELINE], args.seeds, level, args.jobs)
+        reports += built["results"].values()
         summary = summarise(built, [BASELINE], args.seeds)
         kept = retention(summary)
         summaries[severity] = {"summary": summary, "retention": kept}
         md += [f"## severity {severity:g}", "", *table_markdown(summary, [BASELINE]), ""]
         md += ["kept: " + ", ".join(f"{d} {_share(v)}" for d, v in kept.items()), ""]
-    md += [built_in(start)]
+    md += [built_in(start) + kept_note(reports)]
     write(args.out, "severity-calibration", {"seeds": args.seeds, "severities": summaries}, md)
     print("\n".join(md))
 

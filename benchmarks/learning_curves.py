@@ -6,9 +6,9 @@ doubled, the warm-up kept), one seed, the source's validation AP50 every 100 ite
 
 A family is converged on its schedule when the longer run's best source AP50 (the checkpoint
 the table evaluates) is less than 2 points above the schedule's. Only the source domain's
-validation list is looked at to choose a schedule; the cells also evaluate every domain (as
-the table does), and the doc reports the targets without using them. Runs are kept under
---work (the table's, by default: the same benchmark and prompts) and resume run by run.
+validation list is looked at to choose a schedule; the runs also evaluate every domain (as
+the table's cells do), which only the json keeps. Runs are kept under --work (the table's,
+by default: the same benchmark and prompts) and resume run by run.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from cpu_table import (
     Setting,
     built_in,
     cpu_seconds,
+    kept_note,
     prepare_data,
     prepare_seed,
     run_cell,
@@ -101,6 +102,7 @@ def measure(work: Path, jobs: int) -> dict:
                 "source_images": next(v["images"] for v in domains.values() if v["role"] == "source"),
                 "evaluated": {d: 100 * v["voc07"]["mAP"] for d, v in domains.items()},
                 "seconds": report["seconds"],
+                "kept": report.get("kept", False),
             }
     return {"setting": setting.synth_options(), "val_every": VAL_EVERY, "runs": runs}
 
@@ -120,7 +122,13 @@ def markdown(measured: dict, judged: dict, footer: str) -> list[str]:
     longest = max(len(r["val_ap50"]) for r in runs.values())
     every = measured["val_every"]
     first = next(iter(runs.values()))
-    head = ["run", "iterations", "steps at", *(str(every * (k + 1)) for k in range(longest))]
+    head = [
+        "run",
+        "iterations",
+        "steps at",
+        "training (min)",
+        *(str(every * (k + 1)) for k in range(longest)),
+    ]
     lines = [
         "# Learning curves of the CPU table's detectors",
         "",
@@ -128,7 +136,8 @@ def markdown(measured: dict, judged: dict, footer: str) -> list[str]:
         f"test images) every {every} "
         "iterations, seed 0, on the CPU table's benchmark (`benchmarks/cpu_table.py`'s setting: "
         f"{json.dumps(measured['setting'])}). Each family's schedule (x1) and the same schedule twice "
-        "as long (x2: length and learning-rate step doubled).",
+        "as long (x2: length and learning-rate step doubled). Training times include the validations; "
+        "the runs trained two at a time, one thread each.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -138,8 +147,7 @@ def markdown(measured: dict, judged: dict, footer: str) -> list[str]:
         row = f"{name} (`{r['row']}` row, lr {r['lr']:g})"
         lines.append(
             f"| {row} | {r['max_iters']} | {', '.join(map(str, r['milestones']))} | "
-            + " | ".join(values)
-            + " |"
+            f"{r['seconds']['train'] / 60:.1f} | " + " | ".join(values) + " |"
         )
     lines += [
         "",
@@ -185,7 +193,7 @@ def main() -> None:
     start = cpu_seconds()
     measured = measure(args.work, args.jobs)
     judged = verdicts(measured["runs"])
-    md = markdown(measured, judged, built_in(start))
+    md = markdown(measured, judged, built_in(start) + kept_note(list(measured["runs"].values())))
     write(args.out, "learning-curves", measured | {"verdicts": judged}, md)
     write_chart(args.out / "learning-curves.png", measured)
     print("\n".join(md))
