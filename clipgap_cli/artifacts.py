@@ -89,6 +89,14 @@ def read_text_embeddings(path: Path) -> TextEmbeddings:
     return TextEmbeddings(**data)
 
 
+def trained_classes(run: Run, checkpoint_rel: str | None, names: Sequence[str]) -> list[str]:
+    """The classes a run's checkpoint was trained on: all of the run's but the novel classes
+    its training recorded (a checkpoint from elsewhere: all)."""
+    trained = run.artifact(checkpoint_rel) if checkpoint_rel else None
+    novel = trained.options.get("novel_classes", []) if trained else []
+    return [c for c in names if c not in novel]
+
+
 # -- semantic augmentations (`augs/offsets.pt`) -----------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""`clipgap data`: convert VOC-XML trees to COCO json, render the synthetic benchmark."""
+"""`clipgap data`: convert VOC-XML trees to COCO json, render the synthetic benchmark, mark
+novel classes."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from rich.table import Table
 
 from clipgap_cli import options
 from clipgap_cli.data.convert import CLASS_SETS, ConvertReport, convert_voc
+from clipgap_cli.data.spec import load_spec, mark_novel, write_spec
 from clipgap_cli.data.synth import CLASSES, SEVERITY, SIZES, render_preview, synthesize
 from clipgap_cli.io import atomic_write
 
 console = Console()
 data_app = typer.Typer(
-    help="Prepare datasets: convert VOC-XML trees to COCO json, or render the synthetic benchmark.",
+    help="Prepare datasets: convert VOC-XML trees to COCO json, render the synthetic benchmark, mark "
+    "novel classes.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -174,4 +177,27 @@ def _print_conversion(report: ConvertReport) -> None:
         for issue in report.issues.values():
             issues.add_row(issue.unit, issue.reason, str(issue.count), issue.example)
         console.print(issues)
+    console.print(f"dataset spec: {spec.path}", soft_wrap=True)
+
+
+@data_app.command("novel")
+def novel(
+    data: Annotated[Path, typer.Argument(help="The dataset: its directory or its clipgap-data.json.")],
+    classes: Annotated[
+        list[str] | None,
+        typer.Argument(help="The classes to mark as novel; none marks every class a base class again."),
+    ] = None,
+) -> None:
+    """Mark classes as novel, for the open-vocabulary protocol (docs/cli.md).
+
+    `train` then drops the novel classes' boxes from its annotations (their objects stay in the
+    images, as background) and trains the classifier on the other, base classes;
+    `evaluate` scores every class and reports AP50 over base, novel and all classes.
+    """
+    spec = mark_novel(load_spec(data), classes or [])
+    write_spec(spec)
+    if spec.novel_classes:
+        console.print(f"novel: {', '.join(spec.novel_classes)}; base: {', '.join(spec.base_classes)}")
+    else:
+        console.print(f"no novel classes: every class is a base class ({', '.join(spec.classes)})")
     console.print(f"dataset spec: {spec.path}", soft_wrap=True)

@@ -13,13 +13,16 @@ thing in every stage. The format (docs/data.md):
          "splits": {"train": {"image_dir": "...", "ann_file": "annotations/....json"},
                     "test": {...}}},
         {"name": "night_rainy", "role": "target", "eval_split": "train", "splits": {...}}
-      ]
+      ],
+      "novel_classes": ["bike", "truck"]
     }
 
 Paths are relative to the spec file's directory, or absolute. `ann_file` is COCO json
 whose image `file_name`s are relative to `image_dir`. `train_split` (source only) and
 `eval_split` are optional; the defaults follow the published protocol: the source trains
-on `train` and is scored on `test`, target domains are scored on `train`.
+on `train` and is scored on `test`, target domains are scored on `train`. `novel_classes`
+(optional) marks classes whose boxes `train` never sees (the open-vocabulary protocol):
+the detector learns the others, the base classes, and `evaluate` scores every class.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +47,7 @@ DEFAULT_TRAIN_SPLIT = "train"
 DEFAULT_EVAL_SPLIT = {"source": "test", "target": "train"}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_TOP_KEYS = {"format", "classes", "domains"}
+_TOP_KEYS = {"format", "classes", "domains", "novel_classes"}
 _DOMAIN_KEYS = {"name", "role", "splits", "train_split", "eval_split"}
 _SPLIT_KEYS = {"image_dir", "ann_file"}
 
@@ -79,6 +82,12 @@ class DataSpec:
     path: Path
     classes: tuple[str, ...]
     domains: tuple[Domain, ...]
+    novel_classes: tuple[str, ...] = ()  # in class order; their boxes are not trained on
+
+    @property
+    def base_classes(self) -> tuple[str, ...]:
+        """The classes the detector trains on: all but the novel ones, in class order."""
+        return tuple(c for c in self.classes if c not in self.novel_classes)
 
     @property
     def source(self) -> Domain:
@@ -155,6 +164,8 @@ def write_spec(spec: DataSpec) -> None:
         }
         domains.append(entry)
     data = {"format": SPEC_FORMAT, "classes": list(spec.classes), "domains": domains}
+    if spec.novel_classes:
+        data["novel_classes"] = list(spec.novel_classes)
     text = json.dumps(data, indent=2) + "\n"
     atomic_write(spec.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
@@ -190,7 +201,31 @@ def _parse(path: Path, data: Any) -> DataSpec:
     if len(sources) != 1:
         found = ", ".join(sources) if sources else "none"
         raise fail(f'exactly one domain must have role "source" (found: {found})')
-    return DataSpec(path=path, classes=tuple(classes), domains=domains)
+    novel = _parse_novel(data.get("novel_classes", []), classes, fail)
+    return DataSpec(path=path, classes=tuple(classes), domains=domains, novel_classes=novel)
+
+
+def _parse_novel(novel: Any, classes: list[str], fail: Fail) -> tuple[str, ...]:
+    if not isinstance(novel, list) or not all(isinstance(c, str) for c in novel):
+        raise fail('"novel_classes" must be a list of class names')
+    unknown = [c for c in novel if c not in classes]
+    if unknown:
+        raise fail(f'"novel_classes" names {unknown[0]!r}, which is not in "classes"')
+    if len(set(novel)) != len(novel):
+        raise fail('"novel_classes" lists a class more than once')
+    if len(novel) == len(classes):
+        raise fail('"novel_classes" names every class; at least one base class must be left to train on')
+    return tuple(c for c in classes if c in novel)
+
+
+def mark_novel(spec: DataSpec, novel: Sequence[str]) -> DataSpec:
+    """`spec` with `novel` as its novel classes (none: every class is a base class), checked
+    as a spec file's are; `write_spec` writes it."""
+
+    def fail(problem: str) -> ClipgapError:
+        return ClipgapError(f"cannot mark novel classes in {spec.path}: {problem}")
+
+    return replace(spec, novel_classes=_parse_novel(list(novel), list(spec.classes), fail))
 
 
 def _parse_domain(root: Path, entry: Any, index: int, fail: Fail) -> Domain:

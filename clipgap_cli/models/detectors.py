@@ -74,10 +74,15 @@ def layout(model: Mapping) -> Layout:
 
 
 def fill_model(
-    m: Any, clip: dict, dims: VisualDims, num_classes: int, class_embeddings: str | list, offsets: str | None
+    m: Any,
+    clip: dict,
+    dims: VisualDims,
+    num_classes: int,
+    class_embeddings: str | list | dict,
+    offsets: str | None,
 ) -> None:
     """Complete a detector config for CLIP `clip` (its `dims`) and `num_classes` classes whose
-    text embeddings are `class_embeddings` (a file or (K, D) lists), with the semantic
+    text embeddings are `class_embeddings` (a file, (K, D) lists or `encode_tensor`'s dict), with the semantic
     augmentations of the file `offsets` where the config has them. Raises AttributeError,
     KeyError or TypeError on a config that has not the parts of one of clipgap's detectors."""
     parts = layout(m)

@@ -13,10 +13,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from mmengine.config import Config
 
-from clipgap_cli.artifacts import find_checkpoint, load_text_embeddings, recorded_checkpoint, run_config
+from clipgap_cli.artifacts import (
+    find_checkpoint,
+    load_text_embeddings,
+    recorded_checkpoint,
+    run_config,
+    trained_classes,
+)
 from clipgap_cli.data.spec import load_run_dataset, set_dataset
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.evaluation.metrics import (
@@ -76,11 +83,12 @@ def evaluate(
         spec = load_run_dataset(Path(trained.options["data"]), text.class_names)
     domains = [d.name for d in spec.domains] if domain == ALL else [spec.domain(domain).name]
     model, cfg = build_detector(run_config(run), weights.path, device)
+    labels = _whole_vocabulary(model, text, trained_classes(run, weights.rel, text.class_names))
     results = {}
     for name in domains:
         split = spec.eval_split(name)
         detections = _infer(
-            model, cfg, split, spec.classes, partial(on_progress, name) if on_progress else None
+            model, cfg, split, spec.classes, partial(on_progress, name) if on_progress else None, labels
         )
         coco = load_coco(split.ann_file)
         truth = ground_truth(coco, spec.classes)
@@ -90,7 +98,7 @@ def evaluate(
             "role": spec.domain(name).role,
             "split": split.name,
             "images": len(truth),
-            **{m: {"per_class": s.per_class, "mAP": s.mean} for m, s in voc.items()},
+            **{m: {"per_class": s.per_class, "mAP": s.mean} | _base_novel(s, spec) for m, s in voc.items()},
             "coco": {"per_class": coco_scores.per_class, "AP": coco_scores.mean},
         }
 
@@ -101,6 +109,7 @@ def evaluate(
         "checkpoint_sha256": weights.sha256,
         "data": str(spec.path),
         "classes": list(spec.classes),
+        **({"novel_classes": list(spec.novel_classes)} if spec.novel_classes else {}),
         "domains": {**previous, **results},
     }
     report["domains"] = {
@@ -135,10 +144,46 @@ def _previous(run: Run, json_rel: str, checkpoint_sha: str) -> dict[str, Any]:
     return earlier["domains"] if earlier.get("checkpoint_sha256") == checkpoint_sha else {}
 
 
+def _whole_vocabulary(model: torch.nn.Module, text, trained: Sequence[str]) -> np.ndarray | None:
+    """Make a detector trained on `trained`, the base classes, detect every class of the run.
+
+    A text classifier takes the run's embeddings of all classes (`set_vocabulary`; a C4
+    detector regresses a novel class's boxes as its nearest base class's); it returns None.
+    A linear classifier cannot name the novel classes: it keeps its own, and the returned
+    array maps its labels to the run's class indices."""
+    if len(trained) == len(text.class_names):
+        return None
+    heads = [m for m in model.modules() if callable(getattr(m, "set_vocabulary", None))]
+    try:
+        for head in heads:
+            head.set_vocabulary(text.classes)
+    except ValueError:  # the linear classifier
+        return np.array([text.class_names.index(c) for c in trained])
+    return None
+
+
+def _base_novel(scores, spec) -> dict[str, float | None]:
+    """AP over the base and over the novel classes with ground truth (None without any), for a
+    dataset with novel classes; nothing otherwise."""
+    if not spec.novel_classes:
+        return {}
+    out = {}
+    for group, classes in (("base", spec.base_classes), ("novel", spec.novel_classes)):
+        values = [scores.per_class[c] for c in classes if scores.per_class[c] is not None]
+        out[f"{group}_mAP"] = float(np.mean(values)) if values else None
+    return out
+
+
 def _infer(
-    model, cfg: Config, split, classes: Sequence[str], on_progress: Callable[[int, int], None] | None
+    model,
+    cfg: Config,
+    split,
+    classes: Sequence[str],
+    on_progress: Callable[[int, int], None] | None,
+    labels: np.ndarray | None = None,
 ) -> dict[int, Detections]:
-    """The detector's predictions on every image of `split`, in original image pixels."""
+    """The detector's predictions on every image of `split`, in original image pixels;
+    `labels`, if given, maps the detector's labels to indices of `classes`."""
     from mmengine.runner import Runner
 
     loader_cfg = copy.deepcopy(cfg.test_dataloader)
@@ -151,8 +196,11 @@ def _infer(
         for batch in loader:
             for sample in model.test_step(batch):
                 pred = sample.pred_instances
+                predicted = pred.labels.cpu().numpy()
                 detections[sample.metainfo["img_id"]] = Detections(
-                    pred.bboxes.cpu().numpy(), pred.scores.cpu().numpy(), pred.labels.cpu().numpy()
+                    pred.bboxes.cpu().numpy(),
+                    pred.scores.cpu().numpy(),
+                    predicted if labels is None else labels[predicted],
                 )
             done += len(batch["inputs"])
             if on_progress:

@@ -43,6 +43,7 @@ from clipgap_cli.artifacts import (
     load_text_embeddings,
     read_checkpoint,
     run_config,
+    trained_classes,
 )
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.io import atomic_write, sha256_of
@@ -85,7 +86,7 @@ def export(
 
     saved = read_checkpoint(weights.path)
     state_dict = saved["state_dict"]
-    classes = list(text.class_names)
+    classes = trained_classes(run, weights.rel, text.class_names)  # without novel classes
     config_text = bundle_config(cfg, state_dict, classes)
     info = {
         "format": BUNDLE_FORMAT,

@@ -27,7 +27,7 @@ from typing import IO, Any
 import torch
 from mmengine.config import Config, DictAction
 
-from clipgap_cli.artifacts import load_text_embeddings, recorded_checkpoints
+from clipgap_cli.artifacts import encode_tensor, load_text_embeddings, recorded_checkpoints
 from clipgap_cli.clip.model import load_run_clip
 from clipgap_cli.clip.split import visual_dims
 from clipgap_cli.compat import ATOMIC_BACKEND, LAST_CHECKPOINT, AtomicCheckpointHook
@@ -164,14 +164,19 @@ def compose_config(
         name=identity["model"], pretrained=str(pretrained) if pretrained else identity["pretrained"]
     )
     files = {rel: str(run.path(rel).resolve()) for rel in inputs}
+    # With novel classes, the detector learns the base classes alone: their embeddings, and
+    # datasets whose class list drops the novel boxes (mmdet's CocoDataset skips the
+    # annotations of categories outside it), for training and for checkpoint selection.
+    classes = spec.base_classes
+    embeddings: str | dict = files[TEXT_EMBEDDINGS]
+    if spec.novel_classes:
+        embeddings = encode_tensor(text.classes[[text.class_names.index(c) for c in classes]])
     try:
-        fill_model(
-            cfg.model, clip_cfg, dims, len(text.class_names), files[TEXT_EMBEDDINGS], files.get(OFFSETS)
-        )
+        fill_model(cfg.model, clip_cfg, dims, len(classes), embeddings, files.get(OFFSETS))
     except (AttributeError, KeyError, TypeError) as err:
         raise _incomplete(config, err) from None
 
-    metainfo = dict(classes=tuple(spec.classes))
+    metainfo = dict(classes=classes)
     source = spec.source.name
     set_dataset(cfg.train_dataloader.dataset, spec.train_split, metainfo)
     for loader in ("val_dataloader", "test_dataloader"):
@@ -218,6 +223,8 @@ def compose_config(
         "cfg_options": cfg_options or {},
         "processes": launch.processes,
     }
+    if spec.novel_classes:
+        options["novel_classes"] = list(spec.novel_classes)
     return cfg, {"inputs": inputs, "clip": identity, "options": options}
 
 
