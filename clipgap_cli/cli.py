@@ -22,7 +22,7 @@ from clipgap_cli.clip.prompts import CLASS_TEMPLATE, DEFAULT_PROMPTS_FILE, SOURC
 from clipgap_cli.data.classes import parse_classes
 from clipgap_cli.data.cli import data_app
 from clipgap_cli.errors import ClipgapError
-from clipgap_cli.evaluation.report import compare_table, domain_table
+from clipgap_cli.evaluation.report import compare_table, domain_table, lvis_table
 from clipgap_cli.io import no_space_cause, unwritten_file
 from clipgap_cli.rundir import Run, describe_clip
 from clipgap_cli.stages.encode_prompts import encode_prompts, parse_class_names
@@ -615,7 +615,8 @@ def evaluate_command(
     device: DeviceOption = None,
 ) -> None:
     """Score the trained detector on each domain's evaluation split (source: test, targets:
-    train, as published): AP50 per class and its mean, and COCO AP.
+    train, as published): AP50 per class and its mean, and COCO AP; on LVIS-format data (every
+    category tagged with its frequency) also LVIS AP and APr/APc/APf (needs clipgap[lvis]).
 
     Writes eval/<checkpoint>.json and eval/<checkpoint>.png in the run directory.
     """
@@ -639,6 +640,8 @@ def evaluate_command(
             ),
         )
     console.print(domain_table(result.report, metric))
+    if (lvis := lvis_table(result.report)) is not None:
+        console.print(lvis)
     console.print(f"written: {run}/{result.json_rel}, {run}/{result.chart_rel}")
     if compare:
         reports = {str(run): result.report}

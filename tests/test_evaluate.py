@@ -3,6 +3,7 @@ to end on a tiny trained run, and bad input."""
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +13,16 @@ from pycocotools.cocoeval import COCOeval
 from typer.testing import CliRunner
 
 from clipgap_cli.cli import app
-from clipgap_cli.evaluation.metrics import Detections, coco_ap, ground_truth, load_coco, voc_ap50
+from clipgap_cli.evaluation.metrics import (
+    LVIS_KEYS,
+    Detections,
+    coco_ap,
+    ground_truth,
+    is_lvis,
+    load_coco,
+    lvis_ap,
+    voc_ap50,
+)
 from clipgap_cli.rundir import Run
 from clipgap_cli.stages.encode_prompts import encode_prompts
 from clipgap_cli.stages.optimize_augs import optimize_augs
@@ -245,3 +255,95 @@ def test_runs_that_are_only_read_are_read_while_another_stage_writes_them(traine
     assert predicted.exit_code == 0, predicted.output
     assert (tmp_path / "out" / f"{image.stem}.json").is_file()
     assert_one_line_error(refused, f"{other} is in use by train")
+
+
+# LVIS-format data: the synthetic renders' jsons with LVIS's fields, each class tagged rare,
+# common or frequent, and every class absent from an image listed as verified absent.
+FREQUENCY = {"bike": "r", "motor": "r", "bus": "c", "truck": "c", "car": "f", "person": "f", "rider": "f"}
+
+
+def to_lvis(ann_file, frequency=FREQUENCY):
+    """Rewrite a COCO json of synthetic renders in LVIS format, in place."""
+    data = json.loads(ann_file.read_text())
+    present = {}
+    for ann in data["annotations"]:
+        present.setdefault(ann["image_id"], set()).add(ann["category_id"])
+        ann.pop("iscrowd", None)
+    for category in data["categories"]:
+        category["frequency"] = frequency[category["name"]]
+    every = {c["id"] for c in data["categories"]}
+    for image in data["images"]:
+        image["neg_category_ids"] = sorted(every - present.get(image["id"], set()))
+        image["not_exhaustive_category_ids"] = []
+    ann_file.write_text(json.dumps(data))
+
+
+def test_lvis_ap_scores_the_federated_protocol_by_frequency(synth_data, tmp_path):
+    from clipgap_cli.data.spec import load_spec
+
+    split = load_spec(synth_data).eval_split("night_rainy")
+    ann_file = tmp_path / "lvis.json"
+    shutil.copy(split.ann_file, ann_file)
+    to_lvis(ann_file)
+    classes = tuple(FREQUENCY)
+    coco = load_coco(ann_file)
+    assert is_lvis(coco) and not is_lvis(load_coco(split.ann_file))
+    cat_name = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+
+    def detections(keep=lambda name: True, extra=None):
+        out = {}
+        for image_id in coco.getImgIds():
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+            anns = [a for a in anns if keep(cat_name[a["category_id"]])]
+            boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+            labels = [classes.index(cat_name[a["category_id"]]) for a in anns]
+            if extra and extra.get(image_id):
+                boxes.append([0, 0, 30, 30])
+                labels.append(classes.index(extra[image_id]))
+            boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+            out[image_id] = Detections(boxes, np.ones(len(boxes), np.float32), np.asarray(labels))
+        return out
+
+    assert lvis_ap(detections(), ann_file, classes) == {k: 1.0 for k in LVIS_KEYS}
+    rare_missed = lvis_ap(detections(keep=lambda name: FREQUENCY[name] != "r"), ann_file, classes)
+    assert rare_missed["APr"] == 0 and rare_missed["APc"] == rare_missed["APf"] == 1
+    assert rare_missed["AP"] == pytest.approx(1 - 2 / 7, abs=1e-6)  # the mean over the 7 classes
+    # Federated: a box of a class verified absent from its image is a false positive (it
+    # outscores nothing here, all scores being 1: ranked after the true ones, it lowers AP a
+    # little); a class neither present nor verified absent is not scored on that image.
+    absent = {i: next((n for n in classes if coco.getCatIds(catNms=[n])[0] in img["neg_category_ids"]), None)
+              for i, img in coco.imgs.items()}  # fmt: skip
+    assert any(absent.values())
+    assert lvis_ap(detections(extra=absent), ann_file, classes)["AP"] < 1
+    data = json.loads(ann_file.read_text())
+    for image in data["images"]:
+        image["not_exhaustive_category_ids"], image["neg_category_ids"] = [], []
+    ann_file.write_text(json.dumps(data))
+    assert lvis_ap(detections(extra=absent), ann_file, classes)["AP"] == 1
+    empty = lvis_ap({}, ann_file, classes)
+    assert empty["AP"] == empty["AP50"] == 0 and all(empty[k] in (0, None) for k in ("APr", "APc", "APf"))
+
+
+def test_evaluate_reports_lvis_ap_on_lvis_format_data(trained_run, synth_data, tmp_path):
+    data = shutil.copytree(synth_data, tmp_path / "lvis-data")
+    for ann_file in (data / "annotations").glob("*.json"):
+        to_lvis(ann_file)
+    result = evaluate(trained_run, data, "--domain", "night_rainy")
+    assert result.exit_code == 0, result.output
+    assert "LVIS AP (%)" in result.output and "APr" in result.output
+    run = Run.open(trained_run)
+    (report,) = [json.loads(run.path(r).read_text()) for r in run.artifacts() if r.startswith("eval/best_")
+                 and r.endswith(".json")]  # fmt: skip
+    scores = report["domains"]["night_rainy"]["lvis"]
+    assert set(scores) == set(LVIS_KEYS) and all(v is None or 0 <= v <= 1 for v in scores.values())
+
+
+def test_lvis_format_data_without_the_lvis_package_is_one_line(
+    trained_run, synth_data, tmp_path, monkeypatch
+):
+    data = shutil.copytree(synth_data, tmp_path / "lvis-data")
+    for ann_file in (data / "annotations").glob("*.json"):
+        to_lvis(ann_file)
+    monkeypatch.setitem(sys.modules, "lvis", None)  # import lvis raises ImportError
+    result = evaluate(trained_run, data, "--domain", "night_rainy")
+    assert_one_line_error(result, "is LVIS-format data", "pip install 'clipgap[lvis]'")

@@ -1,5 +1,6 @@
-"""VOC AP50 (MMDetection's `eval_map`, as `VOCMetric` calls it) and COCO AP (pycocotools) on a
-split's COCO json and a detector's predictions."""
+"""VOC AP50 (MMDetection's `eval_map`, as `VOCMetric` calls it), COCO AP (pycocotools) and,
+for LVIS-format data, LVIS AP with its rare / common / frequent split (the `lvis` package, as
+MMDetection's `LVISMetric` calls it) on a split's json and a detector's predictions."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import numpy as np
 from mmdet.evaluation.functional import eval_map
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from clipgap_cli.errors import ClipgapError
 
 VOC_MODES = {"voc07": "11points", "voc": "area"}
 """clipgap's metric names and `eval_map`'s `eval_mode`: VOC2007 11-point AP, VOC2010+ area AP."""
@@ -49,8 +52,13 @@ class Scores:
 
 
 def load_coco(ann_file: Path) -> COCO:
+    """A split's json in pycocotools; annotations without `iscrowd` (LVIS writes none) are not
+    crowds, as COCOeval needs the key."""
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        return COCO(str(ann_file))
+        coco = COCO(str(ann_file))
+    for ann in coco.anns.values():
+        ann.setdefault("iscrowd", 0)
+    return coco
 
 
 def ground_truth(coco: COCO, classes: Sequence[str]) -> dict[int, GroundTruth]:
@@ -111,16 +119,21 @@ def voc_ap50(
     return Scores(per_class, float(mean))
 
 
-def coco_ap(detections: Mapping[int, Detections], coco: COCO, classes: Sequence[str]) -> Scores:
-    """COCO AP@[.5:.95] (pycocotools COCOeval, bbox, 100 detections an image) over the
-    categories named in `classes`: per class and overall (`stats[0]`); 0 without detections."""
-    cat_of = {c["name"]: c["id"] for c in coco.loadCats(coco.getCatIds())}
-    results = [
+def _coco_results(detections: Mapping[int, Detections], cat_of: Mapping[str, int], classes: Sequence[str]):
+    """Detections as COCO-style result dicts (boxes x y w h), the form pycocotools and lvis read."""
+    return [
         {"image_id": image_id, "category_id": cat_of[classes[label]], "score": float(score),
          "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]}
         for image_id, d in detections.items()
         for (x1, y1, x2, y2), score, label in zip(d.bboxes, d.scores, d.labels, strict=True)
     ]  # fmt: skip
+
+
+def coco_ap(detections: Mapping[int, Detections], coco: COCO, classes: Sequence[str]) -> Scores:
+    """COCO AP@[.5:.95] (pycocotools COCOeval, bbox, 100 detections an image) over the
+    categories named in `classes`: per class and overall (`stats[0]`); 0 without detections."""
+    cat_of = {c["name"]: c["id"] for c in coco.loadCats(coco.getCatIds())}
+    results = _coco_results(detections, cat_of, classes)
     has_truth = {c: bool(coco.getAnnIds(catIds=[cat_of[c]], iscrowd=False)) for c in classes if c in cat_of}
     if not results:
         return Scores({c: 0.0 if has_truth.get(c) else None for c in classes}, 0.0)
@@ -139,3 +152,55 @@ def coco_ap(detections: Mapping[int, Detections], coco: COCO, classes: Sequence[
         p = precision[:, :, k, 0, -1] if k is not None else np.array([-1.0])
         per_class[c] = float(p[p > -1].mean()) if (p > -1).any() else None
     return Scores(per_class, max(float(evaluator.stats[0]), 0.0))
+
+
+LVIS_KEYS = ("AP", "AP50", "APr", "APc", "APf")
+"""What `lvis_ap` reports: AP@[.5:.95], AP50, and AP over the rare, common and frequent classes."""
+LVIS_MAX_DETS = 300  # detections an image, LVIS's protocol (and LVISMetric's default)
+
+
+def is_lvis(coco: COCO) -> bool:
+    """Whether a split's json is in LVIS format: every category has its `frequency` tag (r, c, f)."""
+    categories = coco.loadCats(coco.getCatIds())
+    return bool(categories) and all(c.get("frequency") in ("r", "c", "f") for c in categories)
+
+
+def lvis_ap(detections: Mapping[int, Detections], ann_file: Path, classes: Sequence[str]) -> dict:
+    """LVIS's federated AP (the `lvis` package's LVISEval, bbox, 300 detections an image) over
+    the categories named in `classes`: `LVIS_KEYS`, None for a frequency group without
+    categories; 0 without detections."""
+    try:
+        from lvis import LVIS, LVISEval, LVISResults
+    except ImportError:
+        raise ClipgapError(
+            f"{ann_file} is LVIS-format data: its AP needs the lvis package (pip install 'clipgap[lvis]')"
+        ) from None
+    with contextlib.redirect_stdout(io.StringIO()), _numpy_float_alias():
+        truth = LVIS(str(ann_file))
+        cat_of = {c["name"]: c["id"] for c in truth.load_cats(None)}
+        scored = [cat_of[c] for c in classes if c in cat_of]
+        results = _coco_results(detections, cat_of, classes)
+        if not results:
+            with_truth = [c for c in truth.load_cats(scored) if truth.get_ann_ids(cat_ids=[c["id"]])]
+            present = {c["frequency"] for c in with_truth}
+            return {k: 0.0 if k in ("AP", "AP50") or k[-1] in present else None for k in LVIS_KEYS}
+        evaluator = LVISEval(truth, LVISResults(truth, results, max_dets=LVIS_MAX_DETS), "bbox")
+        evaluator.params.cat_ids = scored  # as for COCO: the classes only
+        evaluator.run()
+        stats = evaluator.get_results()
+    return {k: None if stats[k] < 0 else float(stats[k]) for k in LVIS_KEYS}
+
+
+@contextlib.contextmanager
+def _numpy_float_alias():
+    # lvis 0.5.3, its latest release, still uses `np.float`, which NumPy 1.24 removed:
+    # LVISEval fails with "module 'numpy' has no attribute 'float'". The alias lives only
+    # while lvis runs.
+    missing = "float" not in vars(np)
+    if missing:
+        np.float = float
+    try:
+        yield
+    finally:
+        if missing:
+            del np.float

@@ -48,6 +48,23 @@ def domain_table(report: Mapping[str, Any], metric: str) -> Table:
     return table
 
 
+def lvis_table(report: Mapping[str, Any]) -> Table | None:
+    """Rows: the domains scored on LVIS-format data; columns: LVIS AP, AP50 and AP over the rare,
+    common and frequent classes (in %). None when no domain is LVIS-format."""
+    from clipgap_cli.evaluation.metrics import LVIS_KEYS
+
+    domains = {name: d["lvis"] for name, d in report["domains"].items() if "lvis" in d}
+    if not domains:
+        return None
+    table = Table(title="LVIS AP (%): all classes, and the rare (r), common (c), frequent (f) ones")
+    table.add_column("domain", no_wrap=True)
+    for key in LVIS_KEYS:
+        table.add_column(key, justify="right", min_width=4)
+    for name, scores in domains.items():
+        table.add_row(name, *(_percent(scores[k]) for k in LVIS_KEYS))
+    return table
+
+
 def compare_table(reports: Mapping[str, Mapping[str, Any]], metric: str) -> Table:
     """Rows: the domains of any run; columns: the runs' mean AP (in %), side by side."""
     table = Table(title=f"mAP per domain, {TITLES[metric]} (%)")

@@ -1,5 +1,6 @@
 """Stage `evaluate`: the trained detector on each domain's evaluation split, scored with VOC AP50
-per class (the papers' mAP) and COCO AP; a json and a chart in the run directory."""
+per class (the papers' mAP), COCO AP and, on LVIS-format data, LVIS AP with APr/APc/APf; a json
+and a chart in the run directory."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ from clipgap_cli.evaluation.metrics import (
     Detections,
     coco_ap,
     ground_truth,
+    is_lvis,
     load_coco,
+    lvis_ap,
     voc_ap50,
 )
 from clipgap_cli.evaluation.report import write_chart
@@ -101,6 +104,8 @@ def evaluate(
             **{m: {"per_class": s.per_class, "mAP": s.mean} | _base_novel(s, spec) for m, s in voc.items()},
             "coco": {"per_class": coco_scores.per_class, "AP": coco_scores.mean},
         }
+        if is_lvis(coco):
+            results[name]["lvis"] = lvis_ap(detections, split.ann_file, spec.classes)
 
     json_rel, chart_rel = f"{EVAL_DIR}/{weights.stem}.json", f"{EVAL_DIR}/{weights.stem}.png"
     previous = _previous(run, json_rel, weights.sha256)
