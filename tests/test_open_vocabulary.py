@@ -152,3 +152,44 @@ def test_the_linear_classifier_never_names_a_novel_class(tiny_run, novel_data):
     detections = _infer(model, cfg, spec.eval_split("daytime_clear"), spec.classes, None, labels)
     used = {spec.classes[k] for d in detections.values() for k in d.labels}
     assert used and not used & set(NOVEL)
+
+
+@pytest.mark.timeout(900)
+def test_the_open_vocabulary_benchmark_writes_its_table_and_resumes(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    command = [sys.executable, str(root / "benchmarks" / "open_vocabulary.py"), "--quick", "--seeds", "0",
+               "--rows", "gridclip", "linear", "--jobs", "1",
+               "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads((out / "open-vocabulary.json").read_text())
+    assert payload["novel_classes"] == ["motor", "truck"]
+    (data,) = (tmp_path / "work").glob("severity-*/data")
+    assert list(payload["source_train_instances"]) == list(load_spec(data).classes)
+    rows = payload["summary"]["rows"]
+    assert set(rows) == {"gridclip", "linear"}
+    for where in ("source", "targets"):
+        for group in ("base", "novel", "all"):
+            for row in rows.values():
+                mean, std = row[f"{where} {group}"]
+                assert (0 <= mean <= 100 or np.isnan(mean)) and (std == 0 or np.isnan(std))
+    assert "agreement novel" in rows["gridclip"] and "agreement novel" not in rows["linear"]
+    (cell,) = (tmp_path / "work").glob("severity-*/open-vocabulary/seed0/gridclip/result.json")
+    report = json.loads(cell.read_text())
+    assert report["novel_classes"] == ["motor", "truck"]
+    assert "novel_mAP" in report["domains"]["night_rainy"]["voc07"]
+    markdown = (out / "open-vocabulary.md").read_text()
+    assert "Novel classes: motor, truck" in markdown
+    assert "| GridCLIP (grid- and image-level alignment) |" in markdown
+    assert (out / "open-vocabulary.png").read_bytes().startswith(b"\x89PNG")
+    stamp = cell.stat().st_mtime_ns
+    again = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert cell.stat().st_mtime_ns == stamp and "2 of 2 cells were kept" in again.stdout
