@@ -305,3 +305,34 @@ def test_synth_config_builds_datasets_that_yield_samples(mmdet_registry, workdir
             )
             metric.process({}, [data_sample.to_dict()])
         assert metric.evaluate(len(dataset))["pascal_voc/mAP"] == 1.0, domain
+
+
+def test_extra_domains_are_targets_after_the_five_and_leave_them_alone(out, tmp_path):
+    extra = tmp_path / "extra"
+    synthesize(extra, seed=0, images_per_domain=IMAGES, size=SIZE, extra_domains=["night_fog", "day_snow"])
+    ours, theirs = _files(out), _files(extra)
+    assert {n: h for n, h in theirs.items() if n in ours and n != SPEC_NAME} == {
+        n: h for n, h in ours.items() if n != SPEC_NAME
+    }
+    spec = load_spec(extra)
+    assert [d.name for d in spec.domains] == [*DWD_DOMAINS, "day_snow", "night_fog"]
+    assert all(d.role == "target" for d in spec.domains[1:])
+    assert [d.name for d in spec.domains[:5]] == [d.name for d in load_spec(out).domains]
+    # Each extra domain looks as its condition does at the default severity, unlike the others.
+    means = {
+        d: np.mean([np.asarray(Image.open(p)) for p in sorted((extra / VOC / d).rglob("*.jpg"))[:4]])
+        for d in ("daytime_clear", "day_snow", "night_fog")
+    }
+    assert means["night_fog"] < means["daytime_clear"] and means["day_snow"] != means["daytime_clear"]
+
+
+def test_extra_domains_must_be_other_conditions_of_the_grid(tmp_path):
+    with pytest.raises(ClipgapError, match="night_rain is the benchmark's own night_rainy"):
+        synthesize(tmp_path / "out", extra_domains=["night_rain"])
+    with pytest.raises(ClipgapError, match="--extra-domain mars is not in the grid; choose from: day_cloudy"):
+        synthesize(tmp_path / "out", extra_domains=["mars"])
+    assert not (tmp_path / "out").exists()
+    result = invoke("data", "synth", tmp_path / "cli", "--images-per-domain", 2, "--size", 64,
+                    "--extra-domain", "evening_stormy")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "rendered 12 images in" in result.stdout and "evening_stormy" in result.stdout

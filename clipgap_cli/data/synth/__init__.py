@@ -11,27 +11,43 @@ image, stream): the same seed gives byte-identical files.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from clipgap_cli.data.convert import DWD_DOMAINS, ConvertReport, convert_voc
-from clipgap_cli.data.synth.looks import CONDITION_LOOKS, CONDITIONS, LOOKS, Look, apply_look, at_severity
+from clipgap_cli.data.synth.looks import (
+    CONDITION_LOOKS,
+    CONDITIONS,
+    DOMAIN_CONDITIONS,
+    LOOKS,
+    Look,
+    apply_look,
+    at_severity,
+)
 from clipgap_cli.data.synth.scene import CLASSES, Deck, plan_scene, rng_for
 from clipgap_cli.data.synth.shapes import render_scene
 from clipgap_cli.data.synth.writer import JPEG_QUALITY, write_image, write_splits
 from clipgap_cli.errors import ClipgapError
 
 __all__ = ["CLASSES", "CONDITIONS", "CONDITION_LOOKS", "DOMAINS", "JPEG_QUALITY", "SIZES", "VOC_DIR"]
-__all__ += ["SEVERITY"]
+__all__ += ["EXTRA_DOMAINS", "SEVERITY"]
 __all__ += ["SynthReport", "render_preview", "synthesize"]
 
 DOMAINS = DWD_DOMAINS
 SIZES = (64, 1024)  # the sizes `synthesize` accepts, in pixels
 VOC_DIR = "voc"  # the VOC tree's place inside the output directory
 _PREVIEW = len(DOMAINS)  # the domain key of the preview's random streams
+# The grid's other conditions, which `synthesize` can add as extra target domains, by name
+# (`day_snow`, ...): every condition that is not one of the five domains'.
+EXTRA_DOMAINS: dict[str, tuple[str, str]] = {
+    f"{time}_{weather}": (time, weather)
+    for time, weather in CONDITIONS
+    if (time, weather) not in DOMAIN_CONDITIONS.values()
+}
+_EXTRA_KEY = 100  # an extra domain's random streams: 100 + its index in CONDITIONS
 # How far the target domains' looks are from the clear day (0: not at all, 1: the full
 # condition). Chosen by measuring the source-only baseline alone, so that it keeps 25 to 75 %
 # of its source AP50 on the targets, as on the Diverse Weather Dataset (docs/data.md).
@@ -58,6 +74,7 @@ def synthesize(
     size: int = 256,
     severity: float = SEVERITY,
     source_images: int | None = None,
+    extra_domains: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> SynthReport:
     """Render the benchmark into `out`: a Diverse Weather VOC tree, its COCO json and the spec.
@@ -68,16 +85,25 @@ def synthesize(
     The target domains are drawn at `severity` (`looks.at_severity`); the source, the clear
     day, is the same at any severity. `source_images` (default `images_per_domain`) gives the
     source domain another count, e.g. for a larger source test list; its first
-    `images_per_domain` images are those of the default.
+    `images_per_domain` images are those of the default. `extra_domains` (names of
+    `EXTRA_DOMAINS`) adds other conditions of the grid as target domains, drawn at `severity`
+    as the four benchmark targets are, after them in the spec; the five domains' files are
+    the same with or without them.
     """
     out = Path(out)
     source_images = images_per_domain if source_images is None else source_images
     _check_arguments(out, seed, images_per_domain, size, severity, source_images)
+    extras = _check_extra_domains(extra_domains)
     voc_root = out / VOC_DIR
     counts = {domain: source_images if d == 0 else images_per_domain for d, domain in enumerate(DOMAINS)}
+    counts |= dict.fromkeys(extras, images_per_domain)
     total, done = sum(counts.values()), 0
-    looks = _looks(severity)
-    for d, domain in enumerate(DOMAINS):
+    looks = _looks(severity) | {
+        name: at_severity(CONDITION_LOOKS[EXTRA_DOMAINS[name]], severity) for name in extras
+    }
+    keys = {domain: d for d, domain in enumerate(DOMAINS)}
+    keys |= {name: _EXTRA_KEY + CONDITIONS.index(EXTRA_DOMAINS[name]) for name in extras}
+    for domain, d in keys.items():
         voc = voc_root / domain / "VOC2007"
         deck = Deck(rng_for(seed, d))
         per_class = [0] * len(CLASSES)
@@ -125,6 +151,19 @@ def render_preview(
                 draw.rectangle([left - gap, top - gap, right + gap, bottom + gap], fill=(0, 0, 0))
                 draw.text((gap * 2, d * (size + gap) + gap * 2), domain, fill=(255, 255, 255), font=font)
     return grid.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG)
+
+
+def _check_extra_domains(names: Sequence[str]) -> list[str]:
+    """The extra domains' names, each once, in the order given; a one-line error for others."""
+    for name in names:
+        if name not in EXTRA_DOMAINS:
+            own = next((d for d, c in DOMAIN_CONDITIONS.items() if "_".join(c) == name), None)
+            if own:
+                raise ClipgapError(f"--extra-domain {name} is the benchmark's own {own}, always written")
+            raise ClipgapError(
+                f"--extra-domain {name} is not in the grid; choose from: {', '.join(EXTRA_DOMAINS)}"
+            )
+    return list(dict.fromkeys(names))
 
 
 def _check_arguments(
