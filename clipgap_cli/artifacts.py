@@ -24,7 +24,8 @@ from clipgap_cli.io import sha256_of
 from clipgap_cli.rundir import OFFSETS, PRODUCERS, TEXT_EMBEDDINGS, TRAINED_CONFIG, WORK_DIR, Run
 
 TEXT_EMBEDDINGS_FORMAT = 1
-OFFSETS_FORMAT = 1
+OFFSETS_FORMAT = 1  # the offset form (A_j), as every version of clipgap wrote it
+STYLES_FORMAT = 2  # the style form (per-channel statistics at a stage), in the same file
 BUNDLE_FORMAT = 1
 
 # -- tensors written into a config -------------------------------------------------------------
@@ -112,24 +113,51 @@ def offsets_content(offsets: torch.Tensor, source_prompt: str, target_prompts: S
     }
 
 
+def styles_content(
+    stage: str, means: torch.Tensor, stds: torch.Tensor, source_prompt: str, target_prompts: Sequence[str]
+) -> dict:
+    """The same artifact for the style form: the stage it acts at, each target prompt's
+    per-channel means and standard deviations (M, C), and the prompts."""
+    return {
+        "format": STYLES_FORMAT,
+        "form": "style",
+        "stage": stage,
+        "style_means": means,
+        "style_stds": stds,
+        "source_prompt": source_prompt,
+        "target_prompts": list(target_prompts),
+    }
+
+
+def augmentation_form(content: Mapping) -> str:
+    """`offset` or `style`: the form of an augmentation artifact's content."""
+    return content.get("form", "offset")
+
+
 def load_offsets(run: Run) -> dict:
-    """The verified A artifact: `offsets` (M, C, S, S), `offset_means` (M, C), the prompts."""
+    """The verified augmentation artifact (`augs/offsets.pt`): for the offset form `offsets`
+    (M, C, S, S) and `offset_means` (M, C), for the style form `stage`, `style_means` and
+    `style_stds` (M, C); the prompts."""
     return read_offsets(run.verified_path(OFFSETS))
 
 
 def read_offsets(path: Path) -> dict:
-    """An offsets file as `optimize-augs` writes it, by path (for configs that name it)."""
-    return _read(path, OFFSETS, OFFSETS_FORMAT, "semantic augmentations", "an offsets file")
+    """An augmentation file as `optimize-augs` writes it, of either form, by path (for configs
+    that name it)."""
+    return _read(path, OFFSETS, (OFFSETS_FORMAT, STYLES_FORMAT), "semantic augmentations", "an offsets file")
 
 
-def _read(path: Path, rel: str, version: int, what: str, kind: str) -> dict:
-    """The dict in the artifact file `path` (the run's `rel`), refused unless of format `version`."""
+def _read(path: Path, rel: str, version: int | tuple[int, ...], what: str, kind: str) -> dict:
+    """The dict in the artifact file `path` (the run's `rel`), refused unless of format `version`
+    (or one of them)."""
     stage = PRODUCERS[rel]
+    versions = (version,) if isinstance(version, int) else version
     if not path.is_file():
         raise ClipgapError(f"no {what} at {path}; make them with `clipgap {stage}`")
     data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != version:
-        raise ClipgapError(f"{path} is not {kind} of format {version}; re-run `clipgap {stage} --force`")
+    if not isinstance(data, dict) or data.get("format") not in versions:
+        formats = " or ".join(map(str, versions))
+        raise ClipgapError(f"{path} is not {kind} of format {formats}; re-run `clipgap {stage} --force`")
     return data
 
 

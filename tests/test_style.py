@@ -65,3 +65,75 @@ def test_the_optimisation_recovers_a_known_per_channel_affine_change():
     closed_std = 1 - (st - stds[0]).norm() / (st - ss).norm()
     assert closed_mean > 0.9 and closed_std > 0.9, (closed_mean, closed_std)
     assert (stds >= 0).all()
+
+
+def style_file(tmp_path, stage="layer1", channels=None, prompts=3):
+    """An augmentation file of the style form, as optimize-augs writes it, for RN-tiny's `stage`."""
+    from clipgap_cli.artifacts import styles_content
+
+    visual = load_clip("RN-tiny", None).visual
+    channels = channels or getattr(visual, stage)[-1].bn3.num_features
+    g = torch.Generator().manual_seed(2)
+    means = torch.randn(prompts, channels, generator=g)
+    stds = torch.rand(prompts, channels, generator=g) + 0.5
+    path = tmp_path / "offsets.pt"
+    torch.save(styles_content(stage, means, stds, "source", [f"target {j}" for j in range(prompts)]), path)
+    return path, means, stds
+
+
+def test_the_module_restyles_each_image_in_training_and_nothing_in_eval(tmp_path):
+    from clipgap_cli.models.semantic_augmentation import SemanticAugmentation
+
+    path, means, stds = style_file(tmp_path, channels=4)
+    module = SemanticAugmentation(offsets=str(path), prob=1.0)
+    assert (module.form, module.stage) == ("style", "layer1")
+    f = torch.randn(6, 4, 5, 5) * 3 + 1
+    module.eval()
+    assert module((f,))[0] is f
+    module.train()
+    (styled,) = module((f,))
+    got_mean, got_std = statistics(styled)
+    for n in range(6):  # every image carries one of the styles' statistics
+        j = int((got_mean[n] - means).abs().sum(1).argmin())
+        torch.testing.assert_close(got_mean[n], means[j], atol=1e-4, rtol=0)
+        torch.testing.assert_close(got_std[n], stds[j], atol=1e-2, rtol=1e-2)
+    mixed = SemanticAugmentation(style_means=means.tolist(), style_stds=stds.tolist(), stage="layer1",
+                                 prob=1.0, mix=True).train()  # fmt: skip
+    (blend,) = mixed((f,))
+    assert not torch.allclose(statistics(blend)[0], got_mean)
+    with pytest.raises(ValueError, match="holds styles of layer1, not of layer2"):
+        SemanticAugmentation(offsets=str(path), stage="layer2")
+    with pytest.raises(ValueError, match="mix applies to the style form only"):
+        SemanticAugmentation(offset_means=[[0.0, 1.0]], mix=True)
+
+
+@pytest.mark.parametrize("detector", ["c4", "gridclip"])
+def test_backbones_restyle_at_the_stage_in_training_only(tmp_path, detector):
+    from clipgap_cli.models.clip_resnet import CLIPResNetBackbone
+    from clipgap_cli.models.gridclip import GridCLIPBackbone
+
+    path, _, _ = style_file(tmp_path, stage="layer1")
+    clip = dict(name="RN-tiny", pretrained=None)
+    augmentation = dict(type="SemanticAugmentation", offsets=str(path), prob=1.0)
+    kind = CLIPResNetBackbone if detector == "c4" else GridCLIPBackbone
+    torch.manual_seed(0)
+    plain = kind(clip=clip, norm_eval=True)
+    styled = kind(clip=clip, norm_eval=True, augmentation=augmentation)
+    styled.load_state_dict(plain.state_dict(), strict=False)  # the style buffers are the file's
+    x = torch.randn(2, 3, 64, 64)
+    seen = []
+    styled.layer2.register_forward_pre_hook(lambda module, args: seen.append(statistics(args[0])[0]))
+    with torch.no_grad():
+        for a, b in zip(plain.eval()(x), styled.eval()(x), strict=True):
+            torch.testing.assert_close(a, b)  # eval: unchanged
+        trained = styled.train()(x)
+    assert not torch.allclose(trained[-1], plain.train()(x)[-1])
+    means = read_style_means(path)
+    for image_means in seen[-1]:  # what layer2 received in training: layer1's map, restyled
+        assert torch.isclose(means, image_means, atol=1e-4).all(dim=1).any()
+
+
+def read_style_means(path):
+    from clipgap_cli.artifacts import read_offsets
+
+    return read_offsets(path)["style_means"]

@@ -13,10 +13,11 @@ from typing import NamedTuple
 import torch
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from clipgap_cli.clip.model import load_clip
-from clipgap_cli.clip.split import STEM, V_A, V_B, attnpool_token0, v_a, visual_dims
+from clipgap_cli.clip.split import STEM, V_A, V_B, attnpool_token0, visual_dims
 
 # What `frozen_stages = i` freezes: the first i + 1 of these (mmdet ResNet's numbering).
 _STAGES = (STEM, ("layer1",), ("layer2",), ("layer3",))
@@ -69,6 +70,11 @@ class CLIPResNetBackbone(_CLIPParts):
             updated. True keeps every BatchNorm in eval mode (the stored statistics).
             Unlike mmdet's ResNet, freezing a stage does not put its BatchNorms in eval mode:
             only `norm_eval` does.
+        augmentation: optional `SemanticAugmentation` config of the style form, applied in
+            training to the output of its stage (layer1, layer2 or layer3). CLIP the Gap's
+            offsets go in the detector's neck instead, as the reference places them. With
+            `norm_eval=False` the BatchNorms after the stage would take each batch's statistics
+            and undo part of a restyling: the style configs set `norm_eval=True`.
 
     `forward(x)`: images (N, 3, H, W) -> `(layer3 map (N, C3, H/16, W/16),)`; C3 is
     `out_channels` (1024 for RN50/RN101). The map is float32 under autocast too: mmdet's RoI
@@ -76,13 +82,31 @@ class CLIPResNetBackbone(_CLIPParts):
     (bf16 RoIs would also round to 4 px steps at 512-1024 px).
     """
 
-    def __init__(self, clip: Mapping, frozen_stages: int = 2, norm_eval: bool = False, init_cfg=None):
+    def __init__(
+        self,
+        clip: Mapping,
+        frozen_stages: int = 2,
+        norm_eval: bool = False,
+        augmentation: dict | None = None,
+        init_cfg=None,
+    ):
         super().__init__(clip, V_A, norm_eval, init_cfg)
         self._freeze(frozen_stages)
+        self.augmentation = MODELS.build(augmentation) if augmentation else None
         self.out_channels = self.dims.layer3_channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        return (v_a(self, x).float(),)
+        return (run_stages(self, V_A, x, self.augmentation).float(),)
+
+
+def run_stages(parts: nn.Module, names: Sequence[str], x: torch.Tensor, augmentation=None) -> torch.Tensor:
+    """The modules `names` of `parts` in turn, with `augmentation` (a `SemanticAugmentation`, or
+    None) applied to the output of its stage."""
+    for name in names:
+        x = getattr(parts, name)(x)
+        if augmentation is not None and name == augmentation.stage:
+            (x,) = augmentation((x,))
+    return x
 
 
 class ClipRoIFeatures(NamedTuple):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from mmengine.config import Config
 
-from clipgap_cli.artifacts import encode_tensor
+from clipgap_cli.artifacts import augmentation_form, encode_tensor, read_offsets
 from clipgap_cli.clip.split import VisualDims
 from clipgap_cli.errors import ClipgapError
 from clipgap_cli.models.semantic_augmentation import SemanticAugmentation
@@ -51,11 +51,12 @@ def _gridclip_sizes(m: Any, dims: VisualDims) -> None:
 
 
 LAYOUTS = {
-    # CLIP the Gap: V_a as the backbone, V_b as the RoI shared head, the augmentation as the neck.
+    # CLIP the Gap: V_a as the backbone, V_b as the RoI shared head, the offsets as the neck
+    # (a style inside the backbone, at its stage).
     "FasterRCNN": Layout(
         clips=("backbone.clip", "roi_head.shared_head.clip"),
         text_head="roi_head.bbox_head",
-        augmentations=("neck",),
+        augmentations=("neck", "backbone.augmentation"),
         set_sizes=_faster_rcnn_sizes,
     ),
     # GridCLIP: the whole CLIP ResNet as the backbone, and the image-level alignment's teacher.
@@ -96,6 +97,8 @@ def fill_model(
     augmentation = augmentation_of(m)
     if augmentation is not None:
         augmentation.offsets = offsets
+        if offsets is not None and augmentation_form(content := read_offsets(Path(offsets))) == "style":
+            augmentation.stage = content["stage"]  # written out: an exported config needs no file
 
 
 def augmentation_of(m: Mapping) -> Any:
@@ -125,13 +128,15 @@ def self_contained_model(m: Mapping, state_dict: Mapping[str, torch.Tensor]) -> 
     augmentation = augmentation_of(model)
     if augmentation is not None:
         path = next(p for p in parts.augmentations if _get(model, p) is augmentation)
-        buffer = state_dict.get(f"{path}.offset_means")
-        if buffer is None:
+        names = ("style_means", "style_stds") if f"{path}.style_means" in state_dict else ("offset_means",)
+        missing = [n for n in names if f"{path}.{n}" not in state_dict]
+        if missing:
             raise ClipgapError(
-                f"the checkpoint has no {path}.offset_means for the config's offsets; "
+                f"the checkpoint has no {path}.{missing[0]} for the config's augmentations; "
                 "it was not trained with this config"
             )
-        augmentation["offsets"], augmentation["offset_means"] = None, encode_tensor(buffer)
+        augmentation["offsets"] = None
+        augmentation.update({n: encode_tensor(state_dict[f"{path}.{n}"]) for n in names})
     return model
 
 

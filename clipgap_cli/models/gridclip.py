@@ -19,7 +19,7 @@ from torch import nn
 
 from clipgap_cli.clip.model import load_clip
 from clipgap_cli.clip.split import STEM, attnpool_dense, v_a, v_b
-from clipgap_cli.models.clip_resnet import _CLIPParts
+from clipgap_cli.models.clip_resnet import _CLIPParts, run_stages
 from clipgap_cli.models.text_classifier import ClassEmbeddings, TextClassifier
 
 DENSE = ("v_proj", "c_proj")  # the parts of attnpool that the dense embeddings use
@@ -38,9 +38,10 @@ class GridCLIPBackbone(_CLIPParts):
             mmdet's one-stage detectors: layer2 feeds the FPN and trains).
         norm_eval: as for `CLIPResNetBackbone`; default True (frozen BatchNorm statistics,
             as mmdet's one-stage detectors).
-        augmentation: optional `SemanticAugmentation` config, added to the layer3 map in
-            training (CLIP the Gap's augmentation on GridCLIP); it reaches the FPN's stride-16
-            input and, through layer4, the dense embeddings.
+        augmentation: optional `SemanticAugmentation` config, applied in training to the
+            output of its stage: CLIP the Gap's offsets to the layer3 map (the FPN's stride-16
+            input and, through layer4, the dense embeddings), the style form's statistics at
+            layer1, layer2 or layer3 (everything after it).
 
     `forward(x)`: images (N, 3, H, W) -> `(layer2 (N, C2, H/8, W/8), layer3 (N, C3, H/16, W/16),
     dense embeddings (N, D, H/32, W/32))`; `out_channels` is (C2, C3, D).
@@ -65,12 +66,8 @@ class GridCLIPBackbone(_CLIPParts):
         self.out_channels = (dims.layer2_channels, dims.layer3_channels, dims.embed_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        for name in (*STEM, "layer1", "layer2"):
-            x = getattr(self, name)(x)
-        layer2 = x
-        layer3 = self.layer3(layer2)
-        if self.augmentation is not None:
-            (layer3,) = self.augmentation((layer3,))
+        layer2 = run_stages(self, (*STEM, "layer1", "layer2"), x, self.augmentation)
+        layer3 = run_stages(self, ("layer3",), layer2, self.augmentation)
         return layer2, layer3, attnpool_dense(self.attnpool, self.layer4(layer3))
 
 
