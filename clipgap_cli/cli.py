@@ -28,7 +28,7 @@ from clipgap_cli.rundir import Run, describe_clip
 from clipgap_cli.stages.encode_prompts import encode_prompts, parse_class_names
 from clipgap_cli.stages.evaluate import ALL, evaluate, stored_evaluation
 from clipgap_cli.stages.export import export
-from clipgap_cli.stages.optimize_augs import DomainShift, optimize_augs
+from clipgap_cli.stages.optimize_augs import STYLE_STAGE, DomainShift, StyleDomainShift, optimize_augs
 from clipgap_cli.stages.predict import predict
 from clipgap_cli.stages.train import CPU_DETECTORS, DETECTORS, Launch, choose_config, parse_cfg_options, train
 from clipgap_cli.versions import stack_versions
@@ -329,6 +329,25 @@ def _device(device: str | None) -> str:
 def optimize_augs_command(
     run: Annotated[Path, typer.Option("--run", help="The run directory holding the text embeddings.")],
     data: DataOption,
+    form: Annotated[
+        str,
+        typer.Option(
+            "--form",
+            help="offset: CLIP the Gap's offsets A_j, added to CLIP's layer3 map (the reference, the "
+            "default). style: per target prompt, CLIP's channel means and standard deviations at --stage, "
+            "which a detector puts in place of each image's own (PØDA's prompt-driven instance "
+            "normalisation), optimised so that CLIP embeds restyled crops as the prompt.",
+        ),
+    ] = "offset",
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            "--stage",
+            help=f"--form style only: the CLIP stage whose statistics the styles set, layer1, layer2 or "
+            f"layer3. Default: {STYLE_STAGE}.",
+            show_default=False,
+        ),
+    ] = None,
     iters: Annotated[int, typer.Option("--iters", help="Adam iterations.", callback=options.count)] = 1000,
     crops_per_iter: Annotated[
         int,
@@ -349,13 +368,14 @@ def optimize_augs_command(
         ),
     ] = 400,
     bn_mode: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--bn-mode",
-            help="train: CLIP's BatchNorms use the statistics of each batch of crops, as the reference; "
-            "eval: their stored statistics.",
+            help="train: CLIP's BatchNorms use the statistics of each batch of crops, as the reference "
+            "(the offsets' default); eval: their stored statistics (the only mode of --form style).",
+            show_default=False,
         ),
-    ] = "train",
+    ] = None,
     seed: Annotated[
         int,
         typer.Option(
@@ -366,11 +386,14 @@ def optimize_augs_command(
     pretrained: PretrainedFileOption = None,
     force: Annotated[bool, typer.Option("--force", help="Optimise again even if A is current.")] = False,
 ) -> None:
-    """Learn the semantic augmentations A_j: offsets to CLIP's layer3 features that move a
-    source image's embedding towards each target-domain prompt.
+    """Learn the semantic augmentations: offsets A_j to CLIP's layer3 features that move a
+    source image's embedding towards each target-domain prompt (--form offset), or per-prompt
+    feature statistics at an early CLIP stage (--form style).
 
-    Writes augs/offsets.pt (A, shape (M, C, S, S), and its spatial means), augs/report.json
-    and augs/loss.png, and prints, per target prompt, how far the offsets move held-out crops.
+    Writes augs/offsets.pt (A, shape (M, C, S, S), and its spatial means; or the styles' means
+    and standard deviations (M, C) and their stage), augs/report.json and augs/loss.png, and
+    prints, per target prompt, how far the augmentations move held-out crops and, per target
+    domain of the dataset, how much of the gap in channel statistics they close.
     """
     columns = (
         TextColumn("optimize-augs"),
@@ -384,6 +407,8 @@ def optimize_augs_command(
         result = optimize_augs(
             run,
             data,
+            form=form,
+            stage=stage,
             iters=iters,
             crops_per_iter=crops_per_iter,
             lr=lr,
@@ -396,12 +421,17 @@ def optimize_augs_command(
             on_step=lambda step, loss: progress.update(task, completed=step + 1, loss=loss),
         )
     if not result.changed:
-        console.print(f"nothing changed: the offsets in {run} are current (use --force to optimise again)")
+        what = "styles" if result.form == "style" else "offsets"
+        console.print(f"nothing changed: the {what} in {run} are current (use --force to optimise again)")
         return
-    table = Table(title=f"semantic augmentations: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}")
+    style = result.form == "style"
+    form = f" (style at {result.stage})" if style else ""
+    losses = f"loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}"
+    table = Table(title=f"semantic augmentations{form}: {losses}")
+    target = "t_j" if style else "q_j"
     table.add_column("target prompt")
-    table.add_column("cos(z_j, q_j) at A=0", justify="right")
-    table.add_column("cos(z_j, q_j)", justify="right")
+    table.add_column(f"cos(z_j, {target}) {'own statistics' if style else 'at A=0'}", justify="right")
+    table.add_column(f"cos(z_j, {target})", justify="right")
     table.add_column("cos(z_j - z0, Δ_j)", justify="right")
     for a in result.alignment:
         table.add_row(
@@ -412,10 +442,31 @@ def optimize_augs_command(
         )
     console.print(table)
     if result.domains:
-        _print_domain_shifts(result.domains)
-    console.print(
-        f"written: {run}/augs/offsets.pt, report.json, loss.png (held-out crops, bn mode {bn_mode})"
+        (_print_style_shifts if style else _print_domain_shifts)(result.domains)
+    mode = "stored BatchNorm statistics" if style else f"bn mode {bn_mode or 'train'}"
+    console.print(f"written: {run}/augs/offsets.pt, report.json, loss.png (held-out crops, {mode})")
+
+
+def _print_style_shifts(domains: list[StyleDomainShift]) -> None:
+    table = Table(
+        title="do the styles move source features towards each target domain's? (the fraction of the gap "
+        "closed in channel means / stds, at the styles' stage and at layer3; < 0 moved away)"
     )
+    table.add_column("target domain")
+    for which in ("naming prompt", "best prompt"):
+        table.add_column(which)
+        table.add_column("stage", justify="right")
+        table.add_column("layer3", justify="right")
+    for d in domains:
+        cells = [d.domain]
+        for shift in (d.named, d.best):
+            if shift is None:
+                cells += ["none", "", ""]
+                continue
+            cells += [shift.prompt, f"{shift.stage_mean:+.2f} / {shift.stage_std:+.2f}",
+                      f"{shift.layer3_mean:+.2f} / {shift.layer3_std:+.2f}"]  # fmt: skip
+        table.add_row(*cells)
+    console.print(table)
 
 
 def _print_domain_shifts(domains: list[DomainShift]) -> None:

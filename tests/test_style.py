@@ -137,3 +137,74 @@ def read_style_means(path):
     from clipgap_cli.artifacts import read_offsets
 
     return read_offsets(path)["style_means"]
+
+
+STYLE_C4 = "tiny/faster-rcnn_clip-tiny_c4_synth_style.py"
+
+
+def test_optimize_augs_style_writes_styles_and_the_statistics_diagnostic(tiny_run, synth_data):
+    import json
+
+    from clipgap_cli.artifacts import augmentation_form, load_offsets
+    from clipgap_cli.rundir import Run
+    from clipgap_cli.stages.optimize_augs import optimize_augs
+
+    result = optimize_augs(tiny_run, synth_data, form="style", stage="layer2", iters=3, crops_per_iter=6)
+    assert (result.form, result.stage, len(result.losses)) == ("style", "layer2", 3)
+    run = Run.open(tiny_run)
+    content = load_offsets(run)
+    assert augmentation_form(content) == "style" and content["stage"] == "layer2"
+    visual = load_clip("RN-tiny", None).visual
+    shape = (len(content["target_prompts"]), visual.layer2[-1].bn3.num_features)
+    assert content["style_means"].shape == content["style_stds"].shape == shape
+    report = json.loads(run.path("augs/report.json").read_text())
+    assert (report["form"], report["stage"]) == ("style", "layer2")
+    (domain,) = [d for d in report["target_domains"] if d["domain"] == "night_rainy"]
+    assert domain["named"]["prompt"] == "an image taken on a rain night"
+    assert set(domain["best"]) == {"prompt", "stage_mean", "stage_std", "layer3_mean", "layer3_std"}
+    assert run.artifact("augs/offsets.pt").options | {"form": "style", "stage": "layer2"}
+    again = optimize_augs(tiny_run, synth_data, form="style", stage="layer2", iters=3, crops_per_iter=6)
+    assert not again.changed
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(form="paint"), "--form must be one of offset, style"),
+        (dict(stage="layer1"), "--stage is the style form's: the offsets act at layer3"),
+        (dict(form="style", stage="layer4"), "--stage must be one of layer1, layer2, layer3"),
+        (dict(form="style", bn_mode="train"), "--form style uses CLIP's stored BatchNorm statistics"),
+    ],
+)
+def test_optimize_augs_refuses_a_form_and_a_stage_that_differ(tiny_run, synth_data, kwargs, message):
+    from clipgap_cli.errors import ClipgapError
+    from clipgap_cli.stages.optimize_augs import optimize_augs
+
+    with pytest.raises(ClipgapError, match=message):
+        optimize_augs(tiny_run, synth_data, iters=1, crops_per_iter=2, **kwargs)
+
+
+def test_a_style_run_trains_exports_and_is_refused_by_an_offsets_config(tiny_run, synth_data, tmp_path):
+    from mmengine.config import Config
+
+    from clipgap_cli.artifacts import load_offsets
+    from clipgap_cli.errors import ClipgapError
+    from clipgap_cli.rundir import Run
+    from clipgap_cli.stages.export import export
+    from clipgap_cli.stages.optimize_augs import optimize_augs
+    from clipgap_cli.stages.train import Launch, resolve_config, train
+
+    optimize_augs(tiny_run, synth_data, form="style", iters=2, crops_per_iter=6)
+    with pytest.raises(ClipgapError, match="holds styles .* train with a _style config"):
+        train(tiny_run, resolve_config("tiny/faster-rcnn_clip-tiny_c4_synth.py"), synth_data,
+              launch=Launch(device="cpu"), max_iters=2)  # fmt: skip
+    train(tiny_run, resolve_config(STYLE_C4), synth_data, launch=Launch(device="cpu"), max_iters=4)
+    run = Run.open(tiny_run)
+    trained = Config.fromfile(str(run.path("train/clipgap_config.py")))
+    assert trained.model.backbone.augmentation.stage == "layer1" and trained.model.neck is None
+    (last,) = [r for r in run.artifacts() if r.startswith("train/iter_")]
+    state = torch.load(run.path(last), map_location="cpu", weights_only=False)["state_dict"]
+    torch.testing.assert_close(state["backbone.augmentation.style_means"], load_offsets(run)["style_means"])
+    bundle = export(tiny_run, tmp_path / "bundle", "last")
+    exported = Config.fromfile(str(bundle.config)).model.backbone.augmentation
+    assert exported.offsets is None and exported.stage == "layer1" and "style_stds" in exported

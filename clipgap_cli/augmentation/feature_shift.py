@@ -1,5 +1,9 @@
 """Do the semantic augmentations move source features towards a target domain's real features?
 
+For every form (`StatisticsShift`): the fraction of the gap in channel means and in channel
+standard deviations that an augmentation closes, at the stage where it acts and at layer3.
+For the offset form, also its direction (`Shift`), as follows.
+
 The detector adds the spatial mean a_j (C,) of A_j to every position of a source image's
 layer3 map. Whether that imitates a target domain is measured on layer3's channel means:
 mu_s (C,) over source crops and mu_t (C,) over crops of the target domain's images. The gap
@@ -57,3 +61,42 @@ def feature_shifts(
         )
         for j, prompt in enumerate(prompts)
     ]
+
+
+# -- every form: channel means and standard deviations -------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatisticsShift:
+    """How one augmentation moves the source's channel statistics relative to one target
+    domain's: the fraction of the gap closed (1: all of it, < 0: moved away) in channel means
+    and in channel standard deviations, at the stage where the form acts and at layer3."""
+
+    prompt: str
+    stage_mean: float
+    stage_std: float
+    layer3_mean: float
+    layer3_std: float
+
+
+def channel_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean over images of each image's per-channel mean and standard deviation over
+    positions: (N, C, H, W) -> 2 x (C,)."""
+    f = features.float()
+    return f.mean(dim=(2, 3)).mean(0), f.std(dim=(2, 3), unbiased=False).mean(0)
+
+
+def closed_fraction(source: torch.Tensor, target: torch.Tensor, moved: torch.Tensor) -> float:
+    """1 − |target − moved| / |target − source|: 0 where nothing moved; 0 for no gap."""
+    gap = (target - source).norm().item()
+    return 1 - (target - moved).norm().item() / gap if gap > 0 else 0.0
+
+
+def statistics_shift(
+    prompt: str,
+    source: tuple[torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor],
+    moved: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[float, float]:
+    """The fractions closed in means and in standard deviations, each `(mean (C,), std (C,))`."""
+    return tuple(closed_fraction(s, t, m) for s, t, m in zip(source, target, moved, strict=True))

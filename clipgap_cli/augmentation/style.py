@@ -47,6 +47,13 @@ def embed_from(visual: nn.Module, stage: str, f: torch.Tensor) -> torch.Tensor:
     return attnpool_token0(visual.attnpool, f)
 
 
+def continue_to(visual: nn.Module, stage: str, f: torch.Tensor, until: str = "layer3") -> torch.Tensor:
+    """The stages after `stage` up to and including `until`: `stage`'s map -> `until`'s map."""
+    for name in STAGES[STAGES.index(stage) + 1 : STAGES.index(until) + 1]:
+        f = getattr(visual, name)(f)
+    return f
+
+
 def statistics(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image, per-channel mean and standard deviation over positions: (N, C, H, W) -> 2 x (N, C)."""
     mean = f.mean(dim=(2, 3))

@@ -98,6 +98,11 @@ def fill_model(
     if augmentation is not None:
         augmentation.offsets = offsets
         if offsets is not None and augmentation_form(content := read_offsets(Path(offsets))) == "style":
+            if augmentation is _get(m, "neck"):
+                raise ClipgapError(
+                    f"{offsets} holds styles (optimize-augs --form style), which act inside the backbone; "
+                    "this config adds offsets at layer3: train with a _style config"
+                )
             augmentation.stage = content["stage"]  # written out: an exported config needs no file
 
 
