@@ -162,7 +162,9 @@ def test_optimize_augs_style_writes_styles_and_the_statistics_diagnostic(tiny_ru
     (domain,) = [d for d in report["target_domains"] if d["domain"] == "night_rainy"]
     assert domain["named"]["prompt"] == "an image taken on a rain night"
     assert set(domain["best"]) == {"prompt", "stage_mean", "stage_std", "layer3_mean", "layer3_std"}
-    assert run.artifact("augs/offsets.pt").options | {"form": "style", "stage": "layer2"}
+    assert {"form": "style", "stage": "layer2", "bn_mode": "eval"}.items() <= run.artifact(
+        "augs/offsets.pt"
+    ).options.items()
     again = optimize_augs(tiny_run, synth_data, form="style", stage="layer2", iters=3, crops_per_iter=6)
     assert not again.changed
 

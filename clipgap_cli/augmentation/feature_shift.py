@@ -93,7 +93,6 @@ def closed_fraction(source: torch.Tensor, target: torch.Tensor, moved: torch.Ten
 
 
 def statistics_shift(
-    prompt: str,
     source: tuple[torch.Tensor, torch.Tensor],
     target: tuple[torch.Tensor, torch.Tensor],
     moved: tuple[torch.Tensor, torch.Tensor],

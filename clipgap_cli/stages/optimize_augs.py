@@ -327,6 +327,7 @@ def domain_shifts(
     """For each target domain of `spec`, how each offset (M, C, S, S) moves the layer3 channel
     statistics of source crops relative to those of the domain's crops (`_domain_features`)."""
     means = offsets.float().mean(dim=(2, 3))  # (M, C), what the detector adds
+    visual = copy.deepcopy(visual).cpu().eval()
     shifts = []
     for name, images, (source, target) in _domain_features(visual, spec, "layer3", crop_size, seed):
         each = feature_shifts(channel_means(source), channel_means(target), offsets, prompts)
@@ -338,7 +339,7 @@ def domain_shifts(
         for j, prompt in enumerate(prompts):
             # A constant per channel moves each image's channel means and leaves its stds.
             moved = (s_stats[0] + means[j], s_stats[1])
-            closed = statistics_shift(prompt, s_stats, t_stats, moved)
+            closed = statistics_shift(s_stats, t_stats, moved)
             statistics.append(StatisticsShift(prompt, *closed, *closed))
         shifts.append(DomainShift(name, images, named, best, each, statistics))
     return shifts
@@ -367,10 +368,10 @@ def style_shifts(
             with torch.no_grad():
                 moved3 = continue_to(visual, stage, restyle(source, means[j], stds[j]))
             at_stage = statistics_shift(
-                prompt, channel_statistics(source), channel_statistics(target), (means[j], stds[j])
+                channel_statistics(source), channel_statistics(target), (means[j], stds[j])
             )
             at_layer3 = statistics_shift(
-                prompt, channel_statistics(source3), channel_statistics(target3), channel_statistics(moved3)
+                channel_statistics(source3), channel_statistics(target3), channel_statistics(moved3)
             )
             each.append(StatisticsShift(prompt, *at_stage, *at_layer3))
         named_as = naming_prompt(name)
@@ -380,8 +381,8 @@ def style_shifts(
 
 
 def _domain_features(visual: nn.Module, spec: DataSpec, stage: str, crop_size: int, seed: int):
-    """Per target domain of `spec`: its name, the number of images its crops came from, and the
-    `stage` maps of source and target crops.
+    """Per target domain of `spec` (`visual`: CLIP's image encoder, in eval mode): its name,
+    the number of images its crops came from, and the `stage` maps of source and target crops.
 
     Crops are taken as for the optimisation, REPORT_CROPS from at most HELD_OUT_IMAGES images
     of each domain's evaluation split (the source's, for the source); CLIP runs with its
@@ -390,7 +391,6 @@ def _domain_features(visual: nn.Module, spec: DataSpec, stage: str, crop_size: i
     """
     if not spec.targets:
         return
-    visual = copy.deepcopy(visual).cpu().eval()
     size = visual_dims(visual).image_size
 
     def features(domain: str, key: int) -> tuple[torch.Tensor, int]:
