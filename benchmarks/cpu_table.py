@@ -38,12 +38,25 @@ class Row:
 
     label: str
     config: str  # inside clipgap's mmconfigs/
-    bn_mode: str | None = None  # for a config with the semantic augmentation: optimize-augs --bn-mode
+    augs: str | None = None  # for a config with the semantic augmentation: its AUGS entry
     cfg_options: dict[str, Any] = field(default_factory=dict)
     pretrained: str = "synth"  # RN-synth's weights: the shipped ones, or "none" (random)
 
 
 C4 = "tiny/faster-rcnn_clip-synth_c4"
+# The style form's optimize-augs options and the detector's mixing and probability, chosen on
+# the validation conditions by benchmarks/augmentation_selection.py
+# (docs/results/augmentation-selection.md).
+STYLE = {"stage": "layer1", "lr": 0.01, "iters": 200}
+STYLE_AUGMENTATION = {"mix": False, "prob": 0.5}
+# optimize-augs of the prepared runs: name -> (the run's directory, optimize_augs's options).
+AUGS = {
+    "offset": ("prompts", {"bn_mode": "train"}),  # the reference
+    "offset-bn-eval": ("prompts-bn-eval", {"bn_mode": "eval"}),
+    "style": ("prompts-style", {"form": "style", **STYLE}),
+}
+# Every BatchNorm of the C4 detector on CLIP's stored statistics, as its style config has them.
+STORED_BN = {"model.backbone.norm_eval": True, "model.roi_head.shared_head.norm_eval": True}
 GRID = "tiny/gridclip_clip-synth_fpn"
 LINEAR = {"model.roi_head.bbox_head.classifier": "linear"}
 ROWS = {
@@ -61,17 +74,37 @@ ROWS = {
         cfg_options=LINEAR,
     ),  # fmt: skip
     "clip-t": Row("clip-t: text classifier", f"{C4}.py"),
-    "clip-t+aug": Row("clip-t + semantic augmentations (CLIP the Gap)", f"{C4}_aug.py", bn_mode="train"),
+    "clip-t+aug": Row("clip-t + semantic augmentations (CLIP the Gap)", f"{C4}_aug.py", augs="offset"),
     # CLIP the Gap with its offsets optimised under CLIP's stored BatchNorm statistics, so that
     # their spatial mean, the part the detector adds, gets a gradient (docs/method.md).
     "clip-t+aug-bn-eval": Row(
-        "clip-t + semantic augmentations, optimize-augs --bn-mode eval", f"{C4}_aug.py", bn_mode="eval"
+        "clip-t + semantic augmentations, optimize-augs --bn-mode eval", f"{C4}_aug.py", augs="offset-bn-eval"
     ),  # fmt: skip
+    # The style form (PØDA's PIN) keeps every BatchNorm on stored statistics (docs/method.md).
+    "clip-t+style": Row(
+        "clip-t + style augmentations (optimize-augs --form style)",
+        f"{C4}_style.py",
+        augs="style",
+        cfg_options={f"model.backbone.augmentation.{k}": v for k, v in STYLE_AUGMENTATION.items()},
+    ),
     "gridclip": Row("GridCLIP", f"{GRID}.py"),
-    "gridclip+aug": Row("GridCLIP + semantic augmentations", f"{GRID}_aug.py", bn_mode="train"),
+    "gridclip+aug": Row("GridCLIP + semantic augmentations", f"{GRID}_aug.py", augs="offset"),
+    "gridclip+style": Row(
+        "GridCLIP + style augmentations",
+        f"{GRID}_aug.py",
+        augs="style",
+        cfg_options={f"model.backbone.augmentation.{k}": v for k, v in STYLE_AUGMENTATION.items()},
+    ),
 }
-DEFAULT_ROWS = list(ROWS)
+# The paper's table, and the augmentation forms' (--forms: every form in both detectors).
+DEFAULT_ROWS = ["no-clip", "linear", "clip-t", "clip-t+aug", "clip-t+aug-bn-eval", "gridclip", "gridclip+aug"]
+FORM_ROWS = ["clip-t", "clip-t+aug", "clip-t+aug-bn-eval", "clip-t+style", "gridclip", "gridclip+aug"]
+FORM_ROWS += ["gridclip+style"]
 BASELINE = "linear"
+# Validation conditions (`data synth --extra-domain`): other conditions of the grid, rendered
+# beside the benchmark's five domains and scored in every cell. The augmentation forms'
+# settings are chosen on them alone, never on the four benchmark targets (docs/reproducing.md).
+VALIDATION = ("day_snow", "evening_cloudy", "night_fog", "evening_stormy")
 
 
 @dataclass(frozen=True)
@@ -86,6 +119,7 @@ class Setting:
     aug_iters: int = 200
     aug_crops: int = 30
     max_iters: int | None = None  # None: the configs' own schedule
+    validation: tuple[str, ...] = VALIDATION
 
     def synth_options(self) -> dict[str, Any]:
         from clipgap_cli.data.synth import SEVERITY
@@ -96,10 +130,19 @@ class Setting:
             source_images=self.source_images,
             size=self.size,
             severity=SEVERITY if self.severity is None else self.severity,
+            extra_domains=list(self.validation),
         )
 
 
-QUICK = Setting(images_per_domain=12, source_images=12, size=96, aug_iters=2, aug_crops=6, max_iters=4)
+QUICK = Setting(
+    images_per_domain=12,
+    source_images=12,
+    size=96,
+    aug_iters=2,
+    aug_crops=6,
+    max_iters=4,
+    validation=VALIDATION[2:3],
+)
 
 
 def prepare_data(work: Path, setting: Setting) -> Path:
@@ -117,21 +160,22 @@ def prepare_data(work: Path, setting: Setting) -> Path:
 
 
 def prepare_seed(
-    work: Path, data: Path, seed: int, setting: Setting, bn_mode: str | None, pretrained: str = "synth"
+    work: Path, data: Path, seed: int, setting: Setting, augs: str | None, pretrained: str = "synth"
 ) -> Path:
     """A run directory with the prompts' text embeddings by RN-synth with `pretrained` weights
-    and, unless `bn_mode` is None, the seed's offsets optimised in that BatchNorm mode."""
+    and, unless `augs` is None, the seed's augmentations optimised as AUGS[augs] says."""
     from clipgap_cli.clip.prompts import DEFAULT_PROMPTS_FILE, read_prompts
     from clipgap_cli.stages.encode_prompts import encode_prompts
     from clipgap_cli.stages.optimize_augs import optimize_augs
 
     _threads()
-    name = "prompts-bn-eval" if bn_mode == "eval" else "prompts"
+    name, options = AUGS[augs] if augs else ("prompts", {})
     run = work / f"seed{seed}" / (name if pretrained == "synth" else f"{name}-{pretrained}")
     encode_prompts(run, read_prompts(DEFAULT_PROMPTS_FILE), clip="RN-synth", pretrained=pretrained)
-    if bn_mode:
-        optimize_augs(run, data, iters=setting.aug_iters, crops_per_iter=setting.aug_crops, seed=seed,
-                      bn_mode=bn_mode)  # fmt: skip
+    if augs:
+        # A form's own iterations (STYLE's) never exceed the setting's: a quick run stays quick.
+        options = options | {"iters": min(options.get("iters", setting.aug_iters), setting.aug_iters)}
+        optimize_augs(run, data, crops_per_iter=setting.aug_crops, seed=seed, **options)
     return run
 
 
@@ -150,25 +194,43 @@ def severity_dir(work: Path, setting: Setting) -> Path:
     return work / f"severity-{SEVERITY if setting.severity is None else setting.severity:g}"
 
 
-def run_cell(prepared: Path, cell: Path, data: Path, row: Row, seed: int, max_iters: int | None) -> dict:
+def run_cell(
+    prepared: Path,
+    cell: Path,
+    data: Path,
+    row: Row,
+    seed: int,
+    max_iters: int | None,
+    domains: list[str] | None = None,
+) -> dict:
     """Train and evaluate one row for one seed in the run directory `cell` (a copy of
-    `prepared`); returns the evaluation report (and keeps it as `cell/result.json`)."""
+    `prepared`) on `domains` (None: every domain of `data`); returns the evaluation report
+    (and keeps it as `cell/result.json`). A trained cell only scores the domains it lacks."""
+    from clipgap_cli.data.spec import load_spec
     from clipgap_cli.rundir import atomic_write
     from clipgap_cli.stages.evaluate import evaluate
     from clipgap_cli.stages.train import Launch, resolve_config, train
 
     _threads()
     done = cell / "result.json"
-    if done.is_file():
-        return json.loads(done.read_text()) | {"kept": True}
-    shutil.rmtree(cell, ignore_errors=True)
-    shutil.copytree(prepared, cell)
+    wanted = domains or [d.name for d in load_spec(data).domains]
+    report = json.loads(done.read_text()) if done.is_file() else None
+    if report is not None and set(wanted) <= set(report["domains"]):
+        return report | {"kept": True}
+    if report is None:
+        shutil.rmtree(cell, ignore_errors=True)
+        shutil.copytree(prepared, cell)
+        start = time.perf_counter()
+        train(cell, resolve_config(row.config), data, launch=Launch(device="cpu"), seed=seed,
+              max_iters=max_iters, cfg_options=row.cfg_options)  # fmt: skip
+        seconds = {"train": time.perf_counter() - start, "evaluate": 0.0}
+    else:
+        seconds = report["seconds"]
     start = time.perf_counter()
-    train(cell, resolve_config(row.config), data, launch=Launch(device="cpu"), seed=seed,
-          max_iters=max_iters, cfg_options=row.cfg_options)  # fmt: skip
-    trained = time.perf_counter()
-    report = evaluate(cell, data, checkpoint="best", device="cpu").report
-    report["seconds"] = {"train": trained - start, "evaluate": time.perf_counter() - trained}
+    for domain in (d for d in wanted if report is None or d not in report["domains"]):
+        scored = evaluate(cell, data, domain, checkpoint="best", device="cpu").report
+    report = scored | {"seconds": seconds}
+    report["seconds"]["evaluate"] += time.perf_counter() - start
     atomic_write(done, lambda tmp: tmp.write_text(json.dumps(report, indent=1)))
     return report
 
@@ -177,13 +239,13 @@ def build(work: Path, rows: list[str], seeds: list[int], setting: Setting, jobs:
     """Every (row, seed) cell's evaluation, and the seeds' optimize-augs reports."""
     start = time.perf_counter()
     data = prepare_data(work, setting)
-    # One prepared run per seed, BatchNorm mode of optimize-augs and CLIP weights; the rows
-    # without augmentation copy the reference mode's (or a run of text embeddings alone).
-    modes = list(dict.fromkeys(ROWS[r].bn_mode for r in rows if ROWS[r].bn_mode)) or [None]
+    # One prepared run per seed, augmentations (AUGS) and CLIP weights; the rows without
+    # augmentation copy the first augmentations' (or a run of text embeddings alone).
+    modes = list(dict.fromkeys(ROWS[r].augs for r in rows if ROWS[r].augs)) or [None]
 
     def prepared_for(r: str) -> tuple[str | None, str]:
         row = ROWS[r]
-        return (row.bn_mode or modes[0]) if row.pretrained == "synth" else None, row.pretrained
+        return (row.augs or modes[0]) if row.pretrained == "synth" else None, row.pretrained
 
     needed = [(s, *k) for s in seeds for k in dict.fromkeys(prepared_for(r) for r in rows)]
     # The baseline's cells first: the severity is checked on them before any other row's result.
@@ -209,7 +271,7 @@ def build(work: Path, rows: list[str], seeds: list[int], setting: Setting, jobs:
             results[cell_of[future]] = future.result()
             bar.advance(task)
         results = {key: results[key] for key in cells}
-    augs = {  # BatchNorm mode -> seed -> the optimize-augs diagnostic
+    augs = {  # augmentations (AUGS) -> seed -> the optimize-augs diagnostic
         m: {
             s: json.loads((prepared[s, m, "synth"] / "augs" / "report.json").read_text())["target_domains"]
             for s in seeds
@@ -249,19 +311,35 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarise(built: dict, rows: list[str], seeds: list[int]) -> dict:
-    """Per row and domain, the mean and std over seeds of VOC07 AP50 (in %), the targets' mean."""
+    """Per row and domain, the mean and std over seeds of VOC07 AP50 (in %), the benchmark
+    targets' mean and the validation conditions' mean."""
     first = next(iter(built["results"].values()))
     domains = list(first["domains"])
-    targets = [d for d in domains if first["domains"][d]["role"] == "target"]
+    validation = [d for d in domains if d in built["setting"]["extra_domains"]]
+    targets = [d for d in domains if first["domains"][d]["role"] == "target" and d not in validation]
     sizes = {d: first["domains"][d]["images"] for d in domains}
     table = {}
     for r in rows:
         per_seed = {
             d: [100 * built["results"][r, s]["domains"][d]["voc07"]["mAP"] for s in seeds] for d in domains
         }
-        per_seed["targets"] = [statistics.fmean(per_seed[d][i] for d in targets) for i in range(len(seeds))]
+        for name, group in (
+            (("targets", targets), ("validation", validation)) if validation else (("targets", targets),)
+        ):
+            per_seed[name] = [statistics.fmean(per_seed[d][i] for d in group) for i in range(len(seeds))]
         table[r] = {d: mean_std(v) for d, v in per_seed.items()} | {"per_seed": per_seed}
-    return {"domains": domains, "targets": targets, "images": sizes, "rows": table}
+    return {"domains": domains, "targets": targets, "validation": validation, "images": sizes, "rows": table}
+
+
+def columns(summary: dict) -> list[str]:
+    """The table's columns: the source, the targets, their mean, then the validation
+    conditions and theirs."""
+    validation = summary.get("validation", [])
+    benchmark = [d for d in summary["domains"] if d not in validation]
+    return [*benchmark, "targets", *validation, *(["validation"] if validation else [])]
+
+
+_MEANS = {"targets": "targets' mean", "validation": "validation's mean"}
 
 
 def retention(summary: dict, row: str = BASELINE) -> dict[str, float | None]:
@@ -299,6 +377,44 @@ def diagnostic(augs: dict) -> list[dict]:
     return out
 
 
+STATISTICS = ("stage_mean", "stage_std", "layer3_mean", "layer3_std")
+
+
+def statistics_diagnostic(augs: dict) -> list[dict]:
+    """Per target domain, over seeds: the fractions of the channel statistics' gap that the
+    augmentation of the domain's naming prompt closes (`StatisticsShift`, mean and std); the
+    offsets' report keeps them under "statistics", the styles' under "prompts"."""
+    out = []
+    seeds = list(augs)
+    for k, entry in enumerate(augs[seeds[0]]):
+        prompt = entry["named"]["prompt"] if entry["named"] else None  # None: no prompt names it
+        named = [
+            next(x for x in augs[s][k].get("statistics", augs[s][k]["prompts"]) if x["prompt"] == prompt)
+            for s in seeds
+            if prompt
+        ]
+        out.append({"domain": entry["domain"], "prompt": prompt}
+                   | {f: mean_std([n[f] for n in named]) if named else None for f in STATISTICS})  # fmt: skip
+    return out
+
+
+def statistics_markdown(stats: dict[str, list[dict]]) -> list[str]:
+    """One table: a row per form and domain."""
+    lines = [
+        "| augmentations | domain | naming prompt | μ closed at the stage | σ closed at the stage "
+        "| μ closed at layer3 | σ closed at layer3 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, domains in stats.items():
+        label = {"offset": "offsets (reference)", "offset-bn-eval": "offsets, --bn-mode eval"}.get(
+            mode, f"style at {STYLE['stage']}"
+        )
+        for d in domains:
+            cells = [_pm(d[f], 2) if d[f] else "–" for f in STATISTICS]
+            lines.append(f"| {label} | {d['domain']} | {d['prompt'] or 'none'} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _share(kept: float | None) -> str:
     return "– (source AP50 0)" if kept is None else f"{100 * kept:.0f} %"
 
@@ -308,12 +424,11 @@ def _pm(value: tuple[float, float], digits: int = 1) -> str:
 
 
 def table_markdown(summary: dict, rows: list[str]) -> list[str]:
-    domains = summary["domains"]
-    head = ["row", *(f"{d}*" if i == 0 else d for i, d in enumerate(domains)), "targets' mean"]
+    shown = columns(summary)
+    head = ["row", *(f"{c}*" if i == 0 else _MEANS.get(c, c) for i, c in enumerate(shown))]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [_pm(summary["rows"][r][d]) for d in [*domains, "targets"]]
-        lines.append(f"| {ROWS[r].label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {ROWS[r].label} | " + " | ".join(_pm(summary["rows"][r][c]) for c in shown) + " |")
     return lines
 
 
@@ -334,23 +449,24 @@ def diagnostic_markdown(diag: list[dict]) -> list[str]:
     return lines
 
 
-def write_chart(path: Path, summary: dict, rows: list[str]) -> None:
+def write_chart(path: Path, summary: dict, rows: list[str], title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = [*summary["domains"], "targets"]
-    fig, ax = plt.subplots(figsize=(10, 4), dpi=100)
+    shown = columns(summary)
+    fig, ax = plt.subplots(figsize=(12, 4), dpi=100)
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
-        means = [summary["rows"][r][c][0] for c in columns]
-        stds = [summary["rows"][r][c][1] for c in columns]
-        xs = [x + (i - (len(rows) - 1) / 2) * width for x in range(len(columns))]
+        means = [summary["rows"][r][c][0] for c in shown]
+        stds = [summary["rows"][r][c][1] for c in shown]
+        xs = [x + (i - (len(rows) - 1) / 2) * width for x in range(len(shown))]
         ax.bar(xs, means, width, yerr=stds, capsize=2, label=ROWS[r].label)
-    ax.set_xticks(range(len(columns)), [f"{c}*" if j == 0 else c for j, c in enumerate(columns)])
+    ax.set_xticks(range(len(shown)), [f"{c}*" if j == 0 else _MEANS.get(c, c) for j, c in enumerate(shown)],
+                  rotation=20, fontsize=8)  # fmt: skip
     ax.set_ylabel("VOC07 AP50 (%)")
-    ax.set_title("The paper's table at CPU scale (synthetic benchmark, RN-synth; mean ± std over seeds)")
+    ax.set_title(f"{title} (synthetic benchmark, RN-synth; mean ± std over seeds)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -421,14 +537,17 @@ def table(args: argparse.Namespace, setting: Setting) -> None:
     start = cpu_seconds()
     built = build(severity_dir(args.work, setting), args.rows, args.seeds, setting, args.jobs)
     summary = summarise(built, args.rows, args.seeds)
-    diag = {mode: diagnostic(augs) for mode, augs in built["augs"].items()}
+    diag = {mode: diagnostic(augs) for mode, augs in built["augs"].items() if mode.startswith("offset")}
+    stats = {mode: statistics_diagnostic(augs) for mode, augs in built["augs"].items()}
     kept = retention(summary) if BASELINE in args.rows else {}
+    validation = summary["validation"]
     md = [
-        "# The paper's table at CPU scale",
+        f"# {args.title}",
         "",
         f"VOC07 11-point AP50 (%), mean ± std over seeds {', '.join(map(str, args.seeds))}; `*` the source "
-        "domain, scored on its test list, the targets on their train lists. "
-        f"Images scored: {', '.join(f'{d} {n}' for d, n in summary['images'].items())}.",
+        "domain, scored on its test list, the targets on their train lists"
+        + (f"; the validation conditions ({', '.join(validation)}) likewise" if validation else "")
+        + f". Images scored: {', '.join(f'{d} {n}' for d, n in summary['images'].items())}.",
         "",
         *table_markdown(summary, args.rows),
         "",
@@ -443,7 +562,7 @@ def table(args: argparse.Namespace, setting: Setting) -> None:
     for mode, domains in diag.items():
         md += [
             "## Do the offsets move source features towards the target domains?"
-            + ("" if mode == "train" else f" (optimize-augs --bn-mode {mode})"),
+            + ("" if mode == "offset" else " (optimize-augs --bn-mode eval)"),
             "",
             "Layer3 channel means of source crops plus mean(A_j) against those of each target domain's "
             "crops (`optimize-augs`'s report; mean ± std over the seeds). closed: the fraction of the "
@@ -452,13 +571,24 @@ def table(args: argparse.Namespace, setting: Setting) -> None:
             *diagnostic_markdown(domains),
             "",
         ]
+    if any(mode == "style" for mode in stats):
+        md += [
+            "## Channel statistics: the fraction of the source→target gap each form closes",
+            "",
+            "For the prompt that names each domain (`optimize-augs`'s report; mean ± std over the seeds): "
+            "the fraction of the gap between source and target crops' per-channel means (μ) and standard "
+            "deviations (σ) closed (0 nothing, 1 all of it, < 0 moved away), at the stage where the form "
+            "acts and at layer3.",
+            "",
+            *statistics_markdown(stats),
+            "",
+        ]
     footer = built_in(start) + kept_note(list(built["results"].values()))
     md += [f"Setting: {json.dumps(built['setting'])}. {footer}"]
     payload = {"setting": built["setting"], "seeds": args.seeds, "summary": summary, "retention": kept,
-               "diagnostic": diag.get("train", []), "seconds": built["seconds"]}  # fmt: skip
-    payload |= {f"diagnostic_bn_{mode}": domains for mode, domains in diag.items() if mode != "train"}
+               "diagnostic": diag, "statistics": stats, "seconds": built["seconds"]}  # fmt: skip
     write(args.out, args.name, payload, md)
-    write_chart(args.out / f"{args.name}.png", summary, args.rows)
+    write_chart(args.out / f"{args.name}.png", summary, args.rows, args.title)
     print("\n".join(md))
 
 
@@ -495,13 +625,23 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "cpu-table",
                         help="where the dataset and every run directory are kept")  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=DEFAULT_ROWS)
-    parser.add_argument("--name", default="cpu-table", help="the outputs' file name, without suffix")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), help="default: the paper's table's")
+    parser.add_argument("--forms", action="store_true",
+                        help="the augmentation forms' table: its rows, outputs and heading")  # fmt: skip
+    parser.add_argument(
+        "--name", help="the outputs' file name, without suffix (cpu-table, augmentation-forms)"
+    )
+    parser.add_argument("--title", help="the outputs' heading")
     parser.add_argument("--jobs", type=int, default=2, help="cells trained at once (threads: 2 // jobs)")
     parser.add_argument("--calibrate", type=float, nargs="+", metavar="SEVERITY",
                         help="measure the baseline row alone at these severities")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny data, 4 iterations")
     args = parser.parse_args()
+    args.rows = args.rows or (FORM_ROWS if args.forms else DEFAULT_ROWS)
+    args.name = args.name or ("augmentation-forms" if args.forms else "cpu-table")
+    args.title = args.title or (
+        "Semantic augmentation forms at CPU scale" if args.forms else "The paper's table at CPU scale"
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     setting = QUICK if args.quick else Setting()
     if args.calibrate:

@@ -160,15 +160,20 @@ def grid_text_agreement(cell: Path, data: Path) -> dict[str, float | None]:
 
 
 def build(work: Path, rows: list[str], seeds: list[int], setting: Setting, jobs: int) -> dict:
+    from clipgap_cli.data.spec import load_spec
+
     data = prepare_data(work, setting)
     ov = work / "open-vocabulary"
     spec_dir = novel_data(ov, data)
+    # The source and the four benchmark targets: the validation conditions serve the table's
+    # augmentation choices only.
+    domains = [d.name for d in load_spec(data).domains if d.name not in setting.validation]
     os.environ["CLIPGAP_TABLE_THREADS"] = str(max(1, 2 // jobs))
     cells = {(r, s): ov / f"seed{s}" / r for r in rows for s in seeds}
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool, _progress() as bar:
         prepared = pool.submit(prepare, ov).result()
         futures = {
-            pool.submit(run_cell, prepared, cell, spec_dir, ROWS[r], s, setting.max_iters): (r, s)
+            pool.submit(run_cell, prepared, cell, spec_dir, ROWS[r], s, setting.max_iters, domains): (r, s)
             for (r, s), cell in cells.items()
         }
         task = bar.add_task("cells (row x seed)", total=len(futures))
