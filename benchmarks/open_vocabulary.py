@@ -159,6 +159,60 @@ def grid_text_agreement(cell: Path, data: Path) -> dict[str, float | None]:
     return {g: (sum(h) / len(h) if h else None) for g, h in hits.items()}
 
 
+SCORE = 0.3  # detections at least this confident count as the detector's answer
+
+
+def novel_labels(cell: Path, data: Path) -> dict[str, float | None]:
+    """What a detector (scored with the whole vocabulary) calls things, on the source's test
+    images: the share of its detections (score ≥ SCORE) labelled with a novel class, and, for
+    the novel objects, the share whose best-scoring overlapping detection (IoU ≥ 0.5) names
+    their own class, names a base class, or that no such detection finds."""
+    import numpy as np
+    import torch
+    from torchvision.ops import box_iou
+
+    from clipgap_cli.artifacts import find_checkpoint, load_text_embeddings, run_config, trained_classes
+    from clipgap_cli.data.spec import load_spec
+    from clipgap_cli.evaluation.metrics import ground_truth, load_coco
+    from clipgap_cli.models.detectors import build_detector
+    from clipgap_cli.rundir import Run
+    from clipgap_cli.stages.evaluate import _infer, _whole_vocabulary
+
+    _threads()
+    run = Run.open(cell)
+    weights = find_checkpoint(run, "best")
+    model, cfg = build_detector(run_config(run), weights.path, "cpu")
+    text = load_text_embeddings(run)
+    labels = _whole_vocabulary(model, text, trained_classes(run, weights.rel, text.class_names))
+    spec = load_spec(data)
+    split = spec.eval_split(spec.source.name)
+    novel = [spec.classes.index(c) for c in spec.novel_classes]
+    detections = _infer(model, cfg, split, spec.classes, None, labels)
+    truth = ground_truth(load_coco(split.ann_file), spec.classes)
+    confident = np.concatenate([d.labels[d.scores >= SCORE] for d in detections.values()])
+    objects = {"own class": 0, "a base class": 0, "missed": 0}
+    for image, gt in truth.items():
+        found = detections[image]
+        keep = found.scores >= SCORE
+        overlap = box_iou(torch.as_tensor(gt.bboxes), torch.as_tensor(found.bboxes[keep])).numpy()
+        for g, label in enumerate(gt.labels):
+            if label not in novel:
+                continue
+            hits = np.flatnonzero(overlap[g] >= 0.5) if overlap.size else []
+            if len(hits) == 0:
+                objects["missed"] += 1
+                continue
+            named = found.labels[keep][hits[np.argmax(found.scores[keep][hits])]]
+            objects[
+                "own class" if named == label else "a base class" if named not in novel else "missed"
+            ] += 1
+    total = sum(objects.values())
+    share = float(np.isin(confident, novel).mean()) if len(confident) else None
+    return {"novel detections": share} | {
+        f"novel objects: {k}": v / total if total else None for k, v in objects.items()
+    }
+
+
 def build(work: Path, rows: list[str], seeds: list[int], setting: Setting, jobs: int) -> dict:
     from clipgap_cli.data.spec import load_spec
 
@@ -188,7 +242,18 @@ def build(work: Path, rows: list[str], seeds: list[int], setting: Setting, jobs:
         for future in as_completed(futures):
             agreement[futures[future]] = future.result()
             bar.advance(task)
-    return {"results": {key: results[key] for key in cells}, "agreement": agreement, "data": data}
+        task = bar.add_task("what novel objects are called", total=len(cells))
+        called = {}
+        futures = {pool.submit(novel_labels, cell, spec_dir): key for key, cell in cells.items()}
+        for future in as_completed(futures):
+            called[futures[future]] = future.result()
+            bar.advance(task)
+    return {
+        "results": {key: results[key] for key in cells},
+        "agreement": agreement,
+        "called": called,
+        "data": data,
+    }
 
 
 def _percent(value: float | None) -> float:
@@ -214,6 +279,9 @@ def summarise(built: dict, rows: list[str], seeds: list[int]) -> dict:
             ]
             columns[f"source {g}"] = mean_std(per_seed_source)
             columns[f"targets {g}"] = mean_std(per_seed_targets)
+        for key in built["called"][r, seeds[0]]:
+            values = [built["called"][r, s][key] for s in seeds]
+            columns[key] = mean_std([100 * v for v in values]) if None not in values else None
         agreement = [built["agreement"][r, s] for s in seeds if (r, s) in built["agreement"]]
         for g in ("base", "novel") if agreement else ():
             columns[f"agreement {g}"] = mean_std([100 * a[g] for a in agreement])
@@ -238,6 +306,25 @@ def markdown(summary: dict, rows: list[str], seeds: list[int], counts: dict[str,
     ]
     for r in rows:
         lines.append(f"| {ROWS[r].label} | " + " | ".join(_pm(summary["rows"][r][c]) for c in columns) + " |")
+    called = ["novel detections", *(f"novel objects: {k}" for k in ("own class", "a base class", "missed"))]
+    lines += [
+        "",
+        "## What the detectors call novel objects",
+        "",
+        f"On the source's test images, scored with the whole vocabulary: the share (%) of the detections "
+        f"(score ≥ {SCORE}) labelled with a novel class, and, of the novel objects, the share whose "
+        "best-scoring detection overlapping them (IoU ≥ 0.5) names their own class, names a base class, "
+        "or that no such detection finds.",
+        "",
+        "| row | detections labelled novel | novel objects: own class | named as a base class | missed |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {ROWS[r].label} | "
+            + " | ".join(_pm(summary["rows"][r][c]) if summary["rows"][r][c] else "–" for c in called)
+            + " |"
+            for r in rows
+        ),
+    ]
     grid = [r for r in rows if "agreement base" in summary["rows"][r]]
     if grid:
         lines += [
