@@ -47,8 +47,8 @@ C4 = "tiny/faster-rcnn_clip-synth_c4"
 # The style form's optimize-augs options and the detector's mixing and probability, chosen on
 # the validation conditions by benchmarks/augmentation_selection.py
 # (docs/results/augmentation-selection.md).
-STYLE = {"stage": "layer1", "lr": 0.01, "iters": 200}
-STYLE_AUGMENTATION = {"mix": False, "prob": 0.5}
+STYLE = {"stage": "layer1", "lr": 0.01, "iters": 50}
+STYLE_AUGMENTATION = {"mix": True, "prob": 0.5}
 # optimize-augs of the prepared runs: name -> (the run's directory, optimize_augs's options).
 AUGS = {
     "offset": ("prompts", {"bn_mode": "train"}),  # the reference
