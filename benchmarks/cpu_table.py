@@ -49,6 +49,7 @@ C4 = "tiny/faster-rcnn_clip-synth_c4"
 # (docs/results/augmentation-selection.md).
 STYLE = {"stage": "layer1", "lr": 0.01, "iters": 50}
 STYLE_AUGMENTATION = {"mix": True, "prob": 0.5}
+STYLE_OPTIONS = {f"model.backbone.augmentation.{k}": v for k, v in STYLE_AUGMENTATION.items()}
 # optimize-augs of the prepared runs: name -> (the run's directory, optimize_augs's options).
 AUGS = {
     "offset": ("prompts", {"bn_mode": "train"}),  # the reference
@@ -85,7 +86,7 @@ ROWS = {
         "clip-t + style augmentations (optimize-augs --form style)",
         f"{C4}_style.py",
         augs="style",
-        cfg_options={f"model.backbone.augmentation.{k}": v for k, v in STYLE_AUGMENTATION.items()},
+        cfg_options=STYLE_OPTIONS,
     ),
     "gridclip": Row("GridCLIP", f"{GRID}.py"),
     "gridclip+aug": Row("GridCLIP + semantic augmentations", f"{GRID}_aug.py", augs="offset"),
@@ -93,7 +94,7 @@ ROWS = {
         "GridCLIP + style augmentations",
         f"{GRID}_aug.py",
         augs="style",
-        cfg_options={f"model.backbone.augmentation.{k}": v for k, v in STYLE_AUGMENTATION.items()},
+        cfg_options=STYLE_OPTIONS,
     ),
 }
 # The paper's table, and the augmentation forms' (--forms: every form in both detectors).
@@ -208,7 +209,7 @@ def run_cell(
     (and keeps it as `cell/result.json`). A trained cell only scores the domains it lacks."""
     from clipgap_cli.data.spec import load_spec
     from clipgap_cli.rundir import atomic_write
-    from clipgap_cli.stages.evaluate import evaluate
+    from clipgap_cli.stages.evaluate import ALL, evaluate
     from clipgap_cli.stages.train import Launch, resolve_config, train
 
     _threads()
@@ -227,7 +228,10 @@ def run_cell(
     else:
         seconds = report["seconds"]
     start = time.perf_counter()
-    for domain in (d for d in wanted if report is None or d not in report["domains"]):
+    # A new cell scores every wanted domain with one detector; a kept one only those it lacks.
+    have = set(report["domains"]) if report else set()
+    missing = [ALL] if report is None and domains is None else [d for d in wanted if d not in have]
+    for domain in missing:
         scored = evaluate(cell, data, domain, checkpoint="best", device="cpu").report
     report = scored | {"seconds": seconds}
     report["seconds"]["evaluate"] += time.perf_counter() - start
@@ -318,14 +322,13 @@ def summarise(built: dict, rows: list[str], seeds: list[int]) -> dict:
     validation = [d for d in domains if d in built["setting"]["extra_domains"]]
     targets = [d for d in domains if first["domains"][d]["role"] == "target" and d not in validation]
     sizes = {d: first["domains"][d]["images"] for d in domains}
+    groups = {"targets": targets} | ({"validation": validation} if validation else {})
     table = {}
     for r in rows:
         per_seed = {
             d: [100 * built["results"][r, s]["domains"][d]["voc07"]["mAP"] for s in seeds] for d in domains
         }
-        for name, group in (
-            (("targets", targets), ("validation", validation)) if validation else (("targets", targets),)
-        ):
+        for name, group in groups.items():
             per_seed[name] = [statistics.fmean(per_seed[d][i] for d in group) for i in range(len(seeds))]
         table[r] = {d: mean_std(v) for d, v in per_seed.items()} | {"per_seed": per_seed}
     return {"domains": domains, "targets": targets, "validation": validation, "images": sizes, "rows": table}
