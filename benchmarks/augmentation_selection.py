@@ -37,7 +37,7 @@ from cpu_table import (
     C4,
     QUICK,
     ROOT,
-    STORED_BN,
+    ROWS,
     Row,
     Setting,
     _progress,
@@ -49,6 +49,7 @@ from cpu_table import (
     prepare_seed,
     run_cell,
     severity_dir,
+    style_options,
     write,
 )
 
@@ -113,14 +114,12 @@ def select(work: Path, setting: Setting, jobs: int) -> dict:
         chosen = style_dir(here, best["stage"], best["lr"], best["iters"])
         task = bar.add_task("2. detector settings", total=len(DETECTORS) + 1)
         domains = [source, *setting.validation]
-        rows = {
-            None: Row("clip-t, BatchNorm on stored statistics (control)", f"{C4}.py", cfg_options=STORED_BN)
-        }
+        rows = {None: ROWS["clip-t+stored-bn"]}
         for mix, prob in DETECTORS:
-            options = {"model.backbone.augmentation.mix": mix, "model.backbone.augmentation.prob": prob}
             rows[mix, prob] = Row(
-                f"clip-t + style, mix {mix}, prob {prob:g}", f"{C4}_style.py", cfg_options=options
-            )
+                f"clip-t + style, mix {mix}, prob {prob:g}", f"{C4}_style.py",
+                cfg_options=style_options(mix=mix, prob=prob),
+            )  # fmt: skip
         futures = {}
         for key, row in rows.items():
             cell = here / ("detector-control" if key is None else f"detector-mix{int(key[0])}-prob{key[1]:g}")

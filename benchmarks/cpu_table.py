@@ -49,7 +49,14 @@ C4 = "tiny/faster-rcnn_clip-synth_c4"
 # (docs/results/augmentation-selection.md).
 STYLE = {"stage": "layer1", "lr": 0.01, "iters": 50}
 STYLE_AUGMENTATION = {"mix": True, "prob": 0.5}
-STYLE_OPTIONS = {f"model.backbone.augmentation.{k}": v for k, v in STYLE_AUGMENTATION.items()}
+
+
+def style_options(**augmentation: Any) -> dict[str, Any]:
+    """The detector's cfg-options for the style augmentation's settings (mix, prob)."""
+    return {f"model.backbone.augmentation.{k}": v for k, v in augmentation.items()}
+
+
+STYLE_OPTIONS = style_options(**STYLE_AUGMENTATION)
 # optimize-augs of the prepared runs: name -> (the run's directory, optimize_augs's options).
 AUGS = {
     "offset": ("prompts", {"bn_mode": "train"}),  # the reference
@@ -81,7 +88,11 @@ ROWS = {
     "clip-t+aug-bn-eval": Row(
         "clip-t + semantic augmentations, optimize-augs --bn-mode eval", f"{C4}_aug.py", augs="offset-bn-eval"
     ),  # fmt: skip
-    # The style form (PØDA's PIN) keeps every BatchNorm on stored statistics (docs/method.md).
+    # The style form (PØDA's PIN) keeps every BatchNorm on stored statistics (docs/method.md);
+    # its control is clip-t in that mode without augmentation.
+    "clip-t+stored-bn": Row(
+        "clip-t, BatchNorm on stored statistics (the style row's mode)", f"{C4}.py", cfg_options=STORED_BN
+    ),
     "clip-t+style": Row(
         "clip-t + style augmentations (optimize-augs --form style)",
         f"{C4}_style.py",
@@ -99,8 +110,8 @@ ROWS = {
 }
 # The paper's table, and the augmentation forms' (--forms: every form in both detectors).
 DEFAULT_ROWS = ["no-clip", "linear", "clip-t", "clip-t+aug", "clip-t+aug-bn-eval", "gridclip", "gridclip+aug"]
-FORM_ROWS = ["clip-t", "clip-t+aug", "clip-t+aug-bn-eval", "clip-t+style", "gridclip", "gridclip+aug"]
-FORM_ROWS += ["gridclip+style"]
+FORM_ROWS = ["clip-t", "clip-t+aug", "clip-t+aug-bn-eval", "clip-t+stored-bn", "clip-t+style", "gridclip"]
+FORM_ROWS += ["gridclip+aug", "gridclip+style"]
 BASELINE = "linear"
 # Validation conditions (`data synth --extra-domain`): other conditions of the grid, rendered
 # beside the benchmark's five domains and scored in every cell. The augmentation forms'
