@@ -110,7 +110,7 @@ ROWS = {
 }
 # The paper's table, and the augmentation forms' (--forms: every form in both detectors).
 DEFAULT_ROWS = ["no-clip", "linear", "clip-t", "clip-t+aug", "clip-t+aug-bn-eval", "gridclip", "gridclip+aug"]
-# clip-t+stored-bn, the style row's control, is not among them: `--forms --rows ...` adds it.
+# clip-t+stored-bn, the style row's control, is not among them: name it in `--forms --rows`.
 FORM_ROWS = ["clip-t", "clip-t+aug", "clip-t+aug-bn-eval", "clip-t+style", "gridclip", "gridclip+aug"]
 FORM_ROWS += ["gridclip+style"]
 BASELINE = "linear"
