@@ -210,3 +210,32 @@ def test_a_style_run_trains_exports_and_is_refused_by_an_offsets_config(tiny_run
     bundle = export(tiny_run, tmp_path / "bundle", "last")
     exported = Config.fromfile(str(bundle.config)).model.backbone.augmentation
     assert exported.offsets is None and exported.stage == "layer1" and "style_stds" in exported
+
+
+def test_an_offsets_file_as_clipgap_wrote_it_before_the_style_form_still_trains(tiny_run, synth_data):
+    """Format 1 with no form or stage, in the file or in its manifest entry: the offsets
+    artifact of every clipgap before the style form."""
+    from clipgap_cli.rundir import Run
+    from clipgap_cli.stages.optimize_augs import optimize_augs
+    from clipgap_cli.stages.train import Launch, resolve_config, train
+
+    optimize_augs(tiny_run, synth_data, iters=1, crops_per_iter=2)
+    run = Run.open(tiny_run)
+    made = run.artifact("augs/offsets.pt")
+    assert not {"form", "stage"} & set(made.options)
+    written = torch.load(run.path("augs/offsets.pt"), weights_only=True)
+    offsets = torch.randn(written["offsets"].shape, generator=torch.Generator().manual_seed(0))
+    old = {
+        "format": 1,
+        "offsets": offsets,
+        "offset_means": offsets.mean(dim=(2, 3)),
+        "source_prompt": written["source_prompt"],
+        "target_prompts": written["target_prompts"],
+    }
+    run.write("augs/offsets.pt", lambda path: torch.save(old, path), stage=made.stage, options=made.options,
+              inputs=made.inputs, clip=made.clip)  # fmt: skip
+    train(tiny_run, resolve_config("tiny/faster-rcnn_clip-tiny_c4_synth.py"), synth_data,
+          launch=Launch(device="cpu"), max_iters=2)  # fmt: skip
+    (last,) = [r for r in run.artifacts() if r.startswith("train/iter_")]
+    state = torch.load(run.path(last), map_location="cpu", weights_only=False)["state_dict"]
+    torch.testing.assert_close(state["neck.offset_means"], old["offset_means"])
