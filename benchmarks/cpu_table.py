@@ -110,9 +110,8 @@ ROWS = {
 }
 # The paper's table, and the augmentation forms' (--forms: every form in both detectors).
 DEFAULT_ROWS = ["no-clip", "linear", "clip-t", "clip-t+aug", "clip-t+aug-bn-eval", "gridclip", "gridclip+aug"]
-# clip-t+stored-bn, the style row's control, is not among them: name it in `--forms --rows`.
-FORM_ROWS = ["clip-t", "clip-t+aug", "clip-t+aug-bn-eval", "clip-t+style", "gridclip", "gridclip+aug"]
-FORM_ROWS += ["gridclip+style"]
+FORM_ROWS = ["clip-t", "clip-t+aug", "clip-t+aug-bn-eval", "clip-t+stored-bn", "clip-t+style", "gridclip"]
+FORM_ROWS += ["gridclip+aug", "gridclip+style"]
 BASELINE = "linear"
 # Validation conditions (`data synth --extra-domain`): other conditions of the grid, rendered
 # beside the benchmark's five domains and scored in every cell. The augmentation forms'
