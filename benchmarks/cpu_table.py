@@ -470,7 +470,7 @@ def write_chart(path: Path, summary: dict, rows: list[str], title: str) -> None:
     import matplotlib.pyplot as plt
 
     shown = columns(summary)
-    fig, ax = plt.subplots(figsize=(12, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(15, 4), dpi=100)
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
         means = [summary["rows"][r][c][0] for c in shown]
@@ -481,7 +481,7 @@ def write_chart(path: Path, summary: dict, rows: list[str], title: str) -> None:
                   rotation=20, fontsize=8)  # fmt: skip
     ax.set_ylabel("VOC07 AP50 (%)")
     ax.set_title(f"{title} (synthetic benchmark, RN-synth; mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1))  # beside the bars, not over them
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
