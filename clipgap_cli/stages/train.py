@@ -409,6 +409,11 @@ def run_runner(config_path: Path, device: str = "cuda") -> None:
         torch.distributed.init_process_group(backend="gloo")
     with _log_files_stop_on_a_full_disk():
         Runner.from_cfg(cfg).train()
+    if torch.distributed.is_initialized():
+        # After a training that ended well only (a rank that failed would wait here for the
+        # others): a process group left to the interpreter's exit can abort it, gloo's threads
+        # still running ("terminate called without an active exception", SIGABRT).
+        torch.distributed.destroy_process_group()
 
 
 @contextlib.contextmanager
