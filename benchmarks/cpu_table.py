@@ -108,7 +108,8 @@ ROWS = {
         cfg_options=STYLE_OPTIONS,
     ),
 }
-# The paper's table, and the augmentation forms' (--forms: every form in both detectors).
+# The paper's table, and the augmentation forms' (--forms: every form in both detectors, and
+# the style row's control).
 DEFAULT_ROWS = ["no-clip", "linear", "clip-t", "clip-t+aug", "clip-t+aug-bn-eval", "gridclip", "gridclip+aug"]
 FORM_ROWS = ["clip-t", "clip-t+aug", "clip-t+aug-bn-eval", "clip-t+stored-bn", "clip-t+style", "gridclip"]
 FORM_ROWS += ["gridclip+aug", "gridclip+style"]

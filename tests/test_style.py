@@ -140,6 +140,7 @@ def read_style_means(path):
 
 
 STYLE_C4 = "tiny/faster-rcnn_clip-tiny_c4_synth_style.py"
+OFFSETS_C4 = "tiny/faster-rcnn_clip-tiny_c4_synth.py"
 
 
 def test_optimize_augs_style_writes_styles_and_the_statistics_diagnostic(tiny_run, synth_data):
@@ -198,7 +199,7 @@ def test_a_style_run_trains_exports_and_is_refused_by_an_offsets_config(tiny_run
 
     optimize_augs(tiny_run, synth_data, form="style", iters=2, crops_per_iter=6)
     with pytest.raises(ClipgapError, match="holds styles .* train with a _style config"):
-        train(tiny_run, resolve_config("tiny/faster-rcnn_clip-tiny_c4_synth.py"), synth_data,
+        train(tiny_run, resolve_config(OFFSETS_C4), synth_data,
               launch=Launch(device="cpu"), max_iters=2)  # fmt: skip
     train(tiny_run, resolve_config(STYLE_C4), synth_data, launch=Launch(device="cpu"), max_iters=4)
     run = Run.open(tiny_run)
@@ -215,15 +216,15 @@ def test_a_style_run_trains_exports_and_is_refused_by_an_offsets_config(tiny_run
 def test_an_offsets_file_as_clipgap_wrote_it_before_the_style_form_still_trains(tiny_run, synth_data):
     """Format 1 with no form or stage, in the file or in its manifest entry: the offsets
     artifact of every clipgap before the style form."""
-    from clipgap_cli.rundir import Run
+    from clipgap_cli.rundir import OFFSETS, Run
     from clipgap_cli.stages.optimize_augs import optimize_augs
     from clipgap_cli.stages.train import Launch, resolve_config, train
 
     optimize_augs(tiny_run, synth_data, iters=1, crops_per_iter=2)
     run = Run.open(tiny_run)
-    made = run.artifact("augs/offsets.pt")
+    made = run.artifact(OFFSETS)
     assert not {"form", "stage"} & set(made.options)
-    written = torch.load(run.path("augs/offsets.pt"), weights_only=True)
+    written = torch.load(run.path(OFFSETS), weights_only=True)
     offsets = torch.randn(written["offsets"].shape, generator=torch.Generator().manual_seed(0))
     old = {
         "format": 1,
@@ -232,9 +233,9 @@ def test_an_offsets_file_as_clipgap_wrote_it_before_the_style_form_still_trains(
         "source_prompt": written["source_prompt"],
         "target_prompts": written["target_prompts"],
     }
-    run.write("augs/offsets.pt", lambda path: torch.save(old, path), stage=made.stage, options=made.options,
+    run.write(OFFSETS, lambda path: torch.save(old, path), stage=made.stage, options=made.options,
               inputs=made.inputs, clip=made.clip)  # fmt: skip
-    train(tiny_run, resolve_config("tiny/faster-rcnn_clip-tiny_c4_synth.py"), synth_data,
+    train(tiny_run, resolve_config(OFFSETS_C4), synth_data,
           launch=Launch(device="cpu"), max_iters=2)  # fmt: skip
     (last,) = [r for r in run.artifacts() if r.startswith("train/iter_")]
     state = torch.load(run.path(last), map_location="cpu", weights_only=False)["state_dict"]
